@@ -1,0 +1,16 @@
+"""Delivery channels: one module per provider protocol, each with ``send(message) -> Receipt``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Receipt"]
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """Proof that a provider accepted a message."""
+
+    channel: str
+    provider: str
+    provider_id: str

@@ -1,0 +1,298 @@
+"""The event contract (schema_version 1): what producers publish to ``notifier.events``.
+
+Events are validated from their JSON form, in strict mode: a date is an ISO
+string, never a number; a time zone is required; unknown extra fields are
+ignored so producers can add fields before we read them. ``parse_event`` is the
+one entry point and turns every problem into an ``InvalidEventError`` whose
+messages name the field.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from datetime import date, timedelta
+from typing import Annotated, Any, Literal, TypeAlias
+from urllib.parse import urlsplit
+from uuid import UUID
+
+import phonenumbers
+from email_validator import EmailNotValidError, validate_email
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
+
+from notifier.errors import InvalidEventError
+
+__all__ = [
+    "MAX_EVENT_BYTES",
+    "SUPPORTED_SCHEMA_VERSIONS",
+    "SUPPORTED_TYPES",
+    "BookingCancelled",
+    "BookingCreated",
+    "Event",
+    "EventInfo",
+    "PasswordResetRequested",
+    "Person",
+    "Slot",
+    "UserRegistered",
+    "event_json_schema",
+    "parse_event",
+]
+
+MAX_EVENT_BYTES = 64 * 1024
+MAX_URL_LENGTH = 2048
+SUPPORTED_SCHEMA_VERSIONS = (1,)
+SUPPORTED_TYPES = (
+    "user.registered",
+    "booking.created",
+    "booking.cancelled",
+    "password.reset_requested",
+)
+DEFAULT_RESET_LIFETIME = timedelta(hours=1)
+
+_E164 = re.compile(r"\+[1-9][0-9]{6,14}")
+
+
+def _no_control_characters(value: str) -> str:
+    # Category C* covers CR, LF, NUL, DEL, and the invisible format characters
+    # (bidi overrides) that make a name lie about what it says.
+    for char in value:
+        if unicodedata.category(char).startswith("C"):
+            raise ValueError(f"must not contain control characters (found {char!r})")
+    return value
+
+
+def _no_control_except_newlines(value: str) -> str:
+    _no_control_characters(value.replace("\n", " ").replace("\t", " "))
+    return value
+
+
+def _email(value: str) -> str:
+    if any(char in value for char in "\r\n"):
+        raise ValueError("must not contain CR or LF")
+    try:
+        # Syntax only: a worker must not block on DNS, and producers know their users.
+        return validate_email(value, check_deliverability=False).normalized
+    except EmailNotValidError as exc:
+        raise ValueError(f"not a valid email address: {exc}") from None
+
+
+def _phone(value: str) -> str:
+    if not _E164.fullmatch(value):
+        raise ValueError("must be an E.164 number such as +447911123456 (no spaces, leading +)")
+    try:
+        number = phonenumbers.parse(value, None)
+    except phonenumbers.NumberParseException as exc:
+        raise ValueError(f"not a valid phone number: {exc}") from None
+    if not phonenumbers.is_valid_number(number):
+        raise ValueError("not a valid phone number for its country code")
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def _http_url(value: str) -> str:
+    if len(value) > MAX_URL_LENGTH:
+        raise ValueError(f"URL longer than {MAX_URL_LENGTH} characters")
+    if any(char.isspace() or unicodedata.category(char).startswith("C") for char in value):
+        raise ValueError("URL must not contain whitespace or control characters")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https"):
+        raise ValueError("URL must be absolute http or https")
+    if not parts.hostname:
+        raise ValueError("URL must have a host")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("URL must not carry credentials")
+    return value
+
+
+SingleLine = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
+    AfterValidator(_no_control_characters),
+]
+EmailAddress = Annotated[
+    str,
+    StringConstraints(max_length=320),
+    AfterValidator(_email),
+    Field(examples=["ada@example.com"]),
+]
+PhoneNumber = Annotated[str, AfterValidator(_phone), Field(examples=["+447911123456"])]
+HttpUrl = Annotated[
+    str, AfterValidator(_http_url), Field(examples=["https://app.example.com/bookings/b-42"])
+]
+ClockTime = Annotated[str, StringConstraints(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")]
+Reason = Annotated[
+    str, StringConstraints(max_length=1000), AfterValidator(_no_control_except_newlines)
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True, strict=True)
+
+
+class Person(_Model):
+    """Someone we notify: a fan, an admin, a registering user."""
+
+    name: SingleLine
+    email: EmailAddress
+    phone: PhoneNumber | None = None
+
+
+class EventInfo(_Model):
+    """The booked event (named ``event`` in the contract)."""
+
+    title: SingleLine
+    date: date
+
+
+class Slot(_Model):
+    """The booked time slot, as ``HH:MM`` local times of the event."""
+
+    start_time: ClockTime
+    end_time: ClockTime
+
+
+class _Envelope(_Model):
+    event_id: UUID
+    occurred_at: AwareDatetime
+    schema_version: Literal[1]
+
+
+class UserRegistered(_Envelope):
+    """A new user signed up and must verify their address."""
+
+    type: Literal["user.registered"]
+    user: Person
+    verification_url: HttpUrl
+
+
+class BookingCreated(_Envelope):
+    """A fan booked a slot at an admin's event."""
+
+    type: Literal["booking.created"]
+    booking_id: SingleLine
+    fan: Person
+    admin: Person
+    event: EventInfo
+    slot: Slot
+    booking_url: HttpUrl
+    admin_booking_url: HttpUrl
+
+
+class BookingCancelled(_Envelope):
+    """A booking was cancelled, by the fan or by the admin."""
+
+    type: Literal["booking.cancelled"]
+    booking_id: SingleLine
+    fan: Person
+    admin: Person
+    event: EventInfo
+    slot: Slot
+    cancelled_by: Literal["fan", "admin"] | None = None
+    reason: Reason | None = None
+
+
+class PasswordResetRequested(_Envelope):
+    """A user asked for a password reset link; ``expires_at`` defaults to one hour later."""
+
+    type: Literal["password.reset_requested"]
+    user: Person
+    reset_url: HttpUrl
+    expires_at: AwareDatetime | None = None
+
+    @model_validator(mode="after")
+    def _default_expiry(self) -> PasswordResetRequested:
+        if self.expires_at is None:
+            # frozen model: set the derived default once, at validation time.
+            object.__setattr__(self, "expires_at", self.occurred_at + DEFAULT_RESET_LIFETIME)
+        elif self.expires_at <= self.occurred_at:
+            raise ValueError("expires_at must be later than occurred_at")
+        return self
+
+
+Event: TypeAlias = Annotated[
+    UserRegistered | BookingCreated | BookingCancelled | PasswordResetRequested,
+    Field(discriminator="type"),
+]
+
+_EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+def _describe(exc: ValidationError, event_type: str) -> list[str]:
+    messages = []
+    for error in exc.errors(include_url=False):
+        loc = [str(part) for part in error["loc"]]
+        if loc and loc[0] == event_type:
+            loc = loc[1:]  # the union's tag, not a field
+        message = error["msg"].removeprefix("Value error, ")
+        messages.append(f"{'.'.join(loc) or 'event'}: {message}")
+    return messages
+
+
+def parse_event(raw: object) -> Event:
+    """Validate one event given as a dict (from Celery) or JSON text/bytes.
+
+    Raises ``InvalidEventError`` listing every problem; never anything else for
+    bad input, whatever its shape.
+    """
+    if isinstance(raw, (str, bytes, bytearray)):
+        data = raw.encode() if isinstance(raw, str) else bytes(raw)
+        if len(data) > MAX_EVENT_BYTES * 4:
+            # Don't even parse a huge document; pretty-printed JSON gets slack.
+            raise InvalidEventError([_too_large(len(data))])
+        try:
+            raw = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InvalidEventError([f"event is not valid JSON: {exc}"]) from None
+    if not isinstance(raw, dict):
+        raise InvalidEventError([f"event must be a JSON object, got {type(raw).__name__}"])
+    try:
+        compact = json.dumps(raw, separators=(",", ":"), ensure_ascii=False).encode()
+    except (TypeError, ValueError) as exc:
+        raise InvalidEventError([f"event is not JSON-serializable: {exc}"]) from None
+    except RecursionError:
+        raise InvalidEventError(["event is nested too deeply"]) from None
+    if len(compact) > MAX_EVENT_BYTES:
+        raise InvalidEventError([_too_large(len(compact))])
+
+    event_type = raw.get("type")
+    if event_type not in SUPPORTED_TYPES:
+        supported = ", ".join(SUPPORTED_TYPES)
+        what = "missing" if event_type is None else f"unknown type {event_type!r}"
+        raise InvalidEventError([f"type: {what} (supported: {supported})"])
+    version = raw.get("schema_version")
+    if version is None:
+        raise InvalidEventError(["schema_version: Field required (supported: 1)"])
+    if type(version) is not int or version not in SUPPORTED_SCHEMA_VERSIONS:
+        supported = ", ".join(str(v) for v in SUPPORTED_SCHEMA_VERSIONS)
+        raise InvalidEventError(
+            [f"schema_version: unsupported {version!r} (supported: {supported})"]
+        )
+    try:
+        return _EVENT_ADAPTER.validate_json(compact)
+    except ValidationError as exc:
+        raise InvalidEventError(_describe(exc, str(event_type))) from None
+
+
+def _too_large(size: int) -> str:
+    return f"event is {size:,} bytes as compact JSON; the limit is {MAX_EVENT_BYTES:,}"
+
+
+def event_json_schema() -> dict[str, Any]:
+    """The JSON Schema of every event type, for producers in other languages."""
+    schema = _EVENT_ADAPTER.json_schema(mode="validation")
+    schema["title"] = "notifier event (schema_version 1)"
+    schema["description"] = (
+        "One event published as the single argument of task notifier.handle_event "
+        f"on queue notifier.events. At most {MAX_EVENT_BYTES} bytes as compact UTF-8 JSON."
+    )
+    return schema

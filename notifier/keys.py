@@ -1,0 +1,39 @@
+"""Every Redis key notifier writes, in one place, so an operator can find them all.
+
+All keys start with ``notifier:``; the Celery queues are named ``notifier.*``
+(Celery's Redis transport keeps each queue in a list of the same name).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DLQ_INDEX",
+    "EMAIL_QUEUE",
+    "EVENTS_QUEUE",
+    "PREFIX",
+    "QUEUES",
+    "SMS_QUEUE",
+    "dlq_entry",
+    "ledger",
+]
+
+PREFIX = "notifier:"
+
+EVENTS_QUEUE = "notifier.events"
+EMAIL_QUEUE = "notifier.email"
+SMS_QUEUE = "notifier.sms"
+QUEUES = (EVENTS_QUEUE, EMAIL_QUEUE, SMS_QUEUE)
+
+
+def ledger(delivery_id: str) -> str:
+    """Idempotency ledger entry of one delivery: a claim, then a ``sent`` marker."""
+    return f"{PREFIX}ledger:{delivery_id}"
+
+
+DLQ_INDEX = f"{PREFIX}dlq:index"
+"""Sorted set of dead-letter ids, scored by the time of the last failure."""
+
+
+def dlq_entry(entry_id: str) -> str:
+    """One dead-letter entry, a JSON document."""
+    return f"{PREFIX}dlq:entry:{entry_id}"

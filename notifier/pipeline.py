@@ -1,0 +1,197 @@
+"""The delivery pipeline as plain functions: validate, plan, claim, render, send, decide.
+
+Celery is not imported here. The task bodies in ``notifier.app`` call
+``handle_event`` and ``deliver`` with a ``Runtime`` (the process's long-lived
+clients), so every branch below is testable without a broker.
+
+Budget (DESIGN.md §1): on the happy path an email costs one Celery task.
+``handle_event`` sends the event's emails itself on their first attempt and
+enqueues only SMS deliveries and retries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from notifier.channels import Receipt
+from notifier.channels.sms import segments
+from notifier.compose import compose_email, compose_sms
+from notifier.deadletter import AttemptRecord, Status
+from notifier.errors import InvalidEventError, NotifierError, TransientError
+from notifier.events import parse_event
+from notifier.ledger import ClaimState
+from notifier.logs import get_logger
+from notifier.planner import Delivery, plan
+from notifier.runtime import Runtime
+
+__all__ = ["Job", "Outcome", "deliver", "handle_event", "reject", "run_job"]
+
+OutcomeName = Literal["sent", "duplicate", "queued", "skipped", "retried", "deferred", "dead"]
+
+
+class Job(BaseModel):
+    """The argument of ``notifier.deliver``: a delivery and where it stands."""
+
+    model_config = ConfigDict(frozen=True)
+
+    delivery: Delivery
+    attempt: int = Field(1, ge=1)
+    history: list[AttemptRecord] = Field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What happened to one delivery in this call."""
+
+    delivery_id: str
+    outcome: OutcomeName
+    receipt: Receipt | None = None
+    error: str | None = None
+
+
+def _error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def handle_event(raw: object, rt: Runtime) -> list[Outcome]:
+    """Validate and plan one event; send its emails now, queue its SMS.
+
+    An invalid event is rejected: logged, and kept in the dead-letter store
+    with the reasons. It is never raised back to Celery (a retry cannot fix it).
+    """
+    try:
+        event = parse_event(raw)
+    except InvalidEventError as exc:
+        reject(raw, exc.errors, rt)
+        return []
+    get_logger().debug("event.accepted", event_id=str(event.event_id), type=event.type)
+    outcomes = []
+    for delivery in plan(event):
+        job = Job(delivery=delivery)
+        if delivery.channel == "sms":
+            if not rt.settings.sms_enabled:
+                _log_outcome(job, "skipped", reason="Twilio is not configured")
+                outcomes.append(Outcome(delivery.delivery_id, "skipped"))
+                continue
+            # SMS are throttled per sender by Twilio: they get a queue of their own.
+            rt.scheduler.schedule(job, countdown=0)
+            outcomes.append(Outcome(delivery.delivery_id, "queued"))
+            continue
+        outcomes.append(run_job(job, rt))
+    return outcomes
+
+
+def reject(raw: object, errors: list[str], rt: Runtime) -> None:
+    """Keep an input we cannot process in the dead-letter store (``rejected``) and log why."""
+    entry = rt.dead_letters.reject(raw, errors)
+    get_logger().warning(
+        "event.rejected",
+        event_id=entry.event_id,
+        type=entry.event_type,
+        errors=errors,
+        dead_letter_id=entry.id,
+    )
+
+
+def deliver(raw_job: object, rt: Runtime) -> Outcome | None:
+    """Run the job given to ``notifier.deliver`` (a retry, a replay or an SMS)."""
+    try:
+        job = Job.model_validate(raw_job)
+    except ValidationError as exc:
+        errors = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+        reject(raw_job, ["notifier.deliver job: " + message for message in errors], rt)
+        return None
+    return run_job(job, rt)
+
+
+def run_job(job: Job, rt: Runtime) -> Outcome:
+    """One attempt of one delivery, guarded by the idempotency ledger."""
+    delivery = job.delivery
+    now = rt.clock()
+    if delivery.not_after and datetime.fromisoformat(delivery.not_after) <= now:
+        error = f"DeadlineExpired: not sent: its deadline {delivery.not_after} has passed"
+        return _dead(job, rt, error, status="expired", record=False)
+
+    claim = rt.ledger.claim(delivery.delivery_id)
+    if claim.state is ClaimState.SENT:
+        _log_outcome(job, "duplicate")
+        return Outcome(delivery.delivery_id, "duplicate")
+    if claim.state is ClaimState.BUSY:
+        # Another worker is sending it right now. Look again once its lease
+        # would have run out; this does not use up one of our attempts.
+        rt.scheduler.schedule(job, countdown=claim.retry_after + 1.0)
+        _log_outcome(job, "deferred", retry_in=round(claim.retry_after + 1.0, 1))
+        return Outcome(delivery.delivery_id, "deferred")
+
+    try:
+        receipt = _send(delivery, rt, now)
+    except NotifierError as exc:
+        rt.ledger.release(delivery.delivery_id, claim)
+        return _failed(job, rt, exc)
+    rt.ledger.mark_sent(delivery.delivery_id, receipt)
+    _log_outcome(job, "sent", provider=receipt.provider, provider_id=receipt.provider_id)
+    return Outcome(delivery.delivery_id, "sent", receipt=receipt)
+
+
+def _send(delivery: Delivery, rt: Runtime, now: datetime) -> Receipt:
+    context = rt.renderer.context(delivery, now)
+    if delivery.channel == "email":
+        rendered = rt.renderer.email(delivery.template, context)
+        sender = rt.sender()
+        message = compose_email(delivery, rendered, sender, now)
+        return rt.smtp.send(message, sender=sender.addr_spec, recipient=delivery.address)
+    body = rt.renderer.sms(delivery.template, context)
+    count, encoding = segments(body)
+    get_logger().debug(
+        "sms.segments", delivery_id=delivery.delivery_id, segments=count, encoding=encoding
+    )
+    return rt.sms().send(compose_sms(delivery, body))
+
+
+def _failed(job: Job, rt: Runtime, exc: NotifierError) -> Outcome:
+    error = _error_text(exc)
+    record = AttemptRecord(attempt=job.attempt, at=_iso(rt.clock()), error=error)
+    history = [*job.history, record]
+    if isinstance(exc, TransientError):
+        delay = rt.retry.delay_after(job.attempt)
+        if delay is not None:
+            retry = Job(delivery=job.delivery, attempt=job.attempt + 1, history=history)
+            rt.scheduler.schedule(retry, countdown=delay)
+            _log_outcome(job, "retried", error=error, retry_in=round(delay, 3))
+            return Outcome(job.delivery.delivery_id, "retried", error=error)
+        error = f"{error} (gave up after {job.attempt} attempts)"
+    return _dead(job.model_copy(update={"history": history}), rt, error, status="failed")
+
+
+def _dead(job: Job, rt: Runtime, error: str, *, status: Status, record: bool = True) -> Outcome:
+    history = job.history
+    if not record:
+        history = [*history, AttemptRecord(attempt=0, at=_iso(rt.clock()), error=error)]
+    entry = rt.dead_letters.add_delivery(job.delivery, status=status, error=error, history=history)
+    _log_outcome(job, "dead", error=error, status=status, dead_letter_id=entry.id)
+    return Outcome(job.delivery.delivery_id, "dead", error=error)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _log_outcome(job: Job, outcome: OutcomeName, **fields: object) -> None:
+    delivery = job.delivery
+    level = "warning" if outcome in ("retried", "dead") else "info"
+    getattr(get_logger(), level)(
+        f"delivery.{outcome}",
+        event_id=delivery.event_id,
+        delivery_id=delivery.delivery_id,
+        type=delivery.event_type,
+        channel=delivery.channel,
+        template=delivery.template,
+        recipient=delivery.address,
+        attempt=job.attempt,
+        outcome=outcome,
+        **fields,
+    )

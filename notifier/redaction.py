@@ -1,0 +1,45 @@
+"""Redaction of personal data for logs and dead-letter listings.
+
+``a***@example.com`` and ``+44*******123``: enough for an operator to tell
+two recipients apart or spot a typo in a domain, not enough to contact anyone.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["redact_address", "redact_email", "redact_phone", "redact_text"]
+
+_EMAIL = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+_PHONE = re.compile(r"\+[1-9][0-9]{6,14}")
+
+
+def redact_email(address: str) -> str:
+    """Keep the first character of the local part and the whole domain."""
+    local, at, domain = address.rpartition("@")
+    if not at:
+        return "***"
+    return f"{local[:1]}***@{domain}"
+
+
+def redact_phone(number: str) -> str:
+    """Keep the leading + and two digits (the country, roughly) and the last three."""
+    digits = number.lstrip("+")
+    if len(digits) <= 5:
+        return "+" + "*" * len(digits)
+    return f"+{digits[:2]}{'*' * (len(digits) - 5)}{digits[-3:]}"
+
+
+def redact_address(address: str) -> str:
+    """Redact an email address or an E.164 number, whichever it is."""
+    if "@" in address:
+        return redact_email(address)
+    if address.startswith("+"):
+        return redact_phone(address)
+    return "***"
+
+
+def redact_text(text: str) -> str:
+    """Redact every email address and E.164 number found in free text (error messages)."""
+    text = _EMAIL.sub(lambda match: redact_email(match.group(0)), text)
+    return _PHONE.sub(lambda match: redact_phone(match.group(0)), text)

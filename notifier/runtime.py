@@ -1,0 +1,101 @@
+"""The long-lived things a worker process needs, made once and reused.
+
+A ``Runtime`` owns the Redis pool, the Jinja2 environment, the SMTP
+connection and the Twilio client. Under Celery's prefork pool each child
+process builds its own on first use (``notifier.app`` checks the pid), so no
+socket is ever shared across a fork.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from email.headerregistry import Address
+from typing import TYPE_CHECKING, Protocol
+
+import redis
+
+from notifier.channels.sms import SmsChannel
+from notifier.channels.smtp import SmtpChannel, SmtpProvider
+from notifier.compose import parse_sender
+from notifier.deadletter import DeadLetterStore
+from notifier.errors import ConfigurationError
+from notifier.ledger import Ledger
+from notifier.logs import configure_logging
+from notifier.retry import RetryPolicy
+from notifier.settings import Settings
+from notifier.templates import Renderer
+
+if TYPE_CHECKING:
+    from notifier.pipeline import Job
+
+__all__ = ["Runtime", "Scheduler", "redis_client"]
+
+
+class Scheduler(Protocol):
+    """Puts a job on its channel's queue, now or after a countdown."""
+
+    def schedule(self, job: Job, countdown: float) -> None:
+        """Enqueue ``notifier.deliver(job)`` to run in ``countdown`` seconds."""
+
+
+def redis_client(settings: Settings) -> redis.Redis:
+    """A Redis client with timeouts: a hung Redis must fail a call, not freeze a worker."""
+    return redis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=10,
+        socket_connect_timeout=5,
+        health_check_interval=30,
+        retry_on_timeout=True,
+    )
+
+
+def _now() -> datetime:
+    return datetime.now().astimezone()
+
+
+class Runtime:
+    """Everything the pipeline uses, for one process."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        scheduler: Scheduler,
+        *,
+        clock: Callable[[], datetime] = _now,
+    ) -> None:
+        configure_logging(settings)
+        self.settings = settings
+        self.scheduler = scheduler
+        self.clock = clock
+        self.redis = redis_client(settings)
+        self.renderer = Renderer(settings.notifier_template_dir)
+        self.ledger = Ledger(self.redis, ttl=settings.notifier_ledger_ttl)
+        self.dead_letters = DeadLetterStore(self.redis)
+        self.retry = RetryPolicy.from_settings(settings)
+        self.smtp = SmtpChannel(SmtpProvider.primary(settings))
+        self._sms: SmsChannel | None = None
+        self._sender: Address | None = None
+
+    def sender(self) -> Address:
+        """The From address (``MAIL_DEFAULT_SENDER``); a ConfigurationError if unset."""
+        if self._sender is None:
+            self._sender = parse_sender(self.settings.mail_default_sender)
+        return self._sender
+
+    def sms(self) -> SmsChannel:
+        """The Twilio channel, made on first use; a ConfigurationError when SMS is off."""
+        if self._sms is None:
+            if not self.settings.sms_enabled:
+                raise ConfigurationError(
+                    "SMS is off: set TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN and TWILIO_PHONE_NUMBER"
+                )
+            self._sms = SmsChannel(self.settings)
+        return self._sms
+
+    def close(self) -> None:
+        """Close connections (worker process shutdown)."""
+        self.smtp.close()
+        if self._sms is not None:
+            self._sms.close()
+        self.redis.close()

@@ -1,0 +1,93 @@
+"""The one settings object, read from the environment once per process.
+
+Names come from DESIGN.md §4 (the seed's ``MAIL_*``/``TWILIO_*`` plus ours); they
+are a public contract. Everything else in notifier asks this object, never
+``os.environ``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "get_settings"]
+
+TWILIO_DEFAULT_BASE_URL = "https://api.twilio.com"
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Field ``mail_server`` is read from ``MAIL_SERVER``, etc."""
+
+    # env_ignore_empty: `MAIL_CA_FILE=` in an .env file means "unset", not Path("").
+    model_config = SettingsConfigDict(
+        case_sensitive=False, extra="ignore", frozen=True, env_ignore_empty=True
+    )
+
+    redis_url: str = "redis://localhost:6379/0"
+
+    mail_server: str = "localhost"
+    mail_port: int = Field(587, ge=1, le=65535)
+    mail_use_tls: bool = True
+    mail_use_ssl: bool = False
+    mail_username: str | None = None
+    mail_password: SecretStr | None = None
+    mail_default_sender: str | None = None
+    mail_timeout: float = Field(10.0, gt=0)
+    mail_ca_file: Path | None = None
+    mail_allow_plain_auth: bool = False
+
+    twilio_account_sid: str | None = None
+    twilio_auth_token: SecretStr | None = None
+    twilio_phone_number: str | None = None
+    twilio_api_base_url: str = TWILIO_DEFAULT_BASE_URL
+    twilio_timeout: float = Field(10.0, gt=0)
+
+    notifier_retry_max_attempts: int = Field(8, ge=1)
+    notifier_retry_backoff_base: float = Field(5.0, gt=0)
+    notifier_retry_backoff_max: float = Field(600.0, gt=0)
+    notifier_visibility_timeout: int = Field(1800, ge=1)
+    notifier_ledger_ttl: int = Field(604_800, ge=60)
+    notifier_template_dir: Path | None = None
+    notifier_log_level: str = "INFO"
+    notifier_log_format: Literal["json", "console"] = "json"
+
+    @field_validator("twilio_api_base_url")
+    @classmethod
+    def _origin_only(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an http(s) origin such as https://api.twilio.com")
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError("must be an origin only (scheme://host[:port]), without a path")
+        return f"{parts.scheme}://{parts.netloc}"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.mail_use_tls and self.mail_use_ssl:
+            raise ValueError(
+                "MAIL_USE_TLS (STARTTLS) and MAIL_USE_SSL (implicit TLS) exclude each other"
+            )
+        if self.notifier_visibility_timeout <= self.notifier_retry_backoff_max:
+            # A retry countdown longer than the visibility timeout makes Redis hand
+            # the waiting message to a second worker: a duplicate delivery.
+            raise ValueError(
+                "NOTIFIER_VISIBILITY_TIMEOUT must exceed NOTIFIER_RETRY_BACKOFF_MAX "
+                f"({self.notifier_visibility_timeout} <= {self.notifier_retry_backoff_max})"
+            )
+        return self
+
+    @property
+    def sms_enabled(self) -> bool:
+        """SMS is on only when all three Twilio settings are present."""
+        return bool(self.twilio_account_sid and self.twilio_auth_token and self.twilio_phone_number)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment on first use."""
+    return Settings()
