@@ -70,8 +70,10 @@ def compose_email(
     message["To"] = Address(display_name=name, addr_spec=address)
     message["Date"] = format_datetime(now)
     message["Message-ID"] = f"<{delivery.delivery_id}@{sender.domain}>"
-    message.set_content(rendered.text, subtype="plain", charset="utf-8")
-    message.add_alternative(rendered.html, subtype="html", charset="utf-8")
+    # Quoted-printable keeps the message 7-bit clean: servers without 8BITMIME
+    # exist, and non-ASCII names must survive them.
+    message.set_content(rendered.text, subtype="plain", charset="utf-8", cte="quoted-printable")
+    message.add_alternative(rendered.html, subtype="html", charset="utf-8", cte="quoted-printable")
     return message
 
 

@@ -73,7 +73,8 @@ def _no_control_characters(value: str) -> str:
 
 
 def _no_control_except_newlines(value: str) -> str:
-    _no_control_characters(value.replace("\n", " ").replace("\t", " "))
+    # Web forms submit text areas with CRLF; a reason only reaches bodies, never headers.
+    _no_control_characters(value.replace("\r\n", " ").replace("\n", " ").replace("\t", " "))
     return value
 
 
@@ -253,6 +254,8 @@ def parse_event(raw: object) -> Event:
             raw = json.loads(data)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise InvalidEventError([f"event is not valid JSON: {exc}"]) from None
+        except RecursionError:
+            raise InvalidEventError(["event is nested too deeply"]) from None
     if not isinstance(raw, dict):
         raise InvalidEventError([f"event must be a JSON object, got {type(raw).__name__}"])
     try:

@@ -10,7 +10,8 @@ import re
 
 __all__ = ["redact_address", "redact_email", "redact_phone", "redact_text"]
 
-_EMAIL = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+# \w is Unicode-aware: internationalized addresses (zoë@exämple.com) are valid events.
+_EMAIL = re.compile(r"[\w.!#$%&'*+/=?^`{|}~-]+@[\w-]+(?:\.[\w-]+)+")
 _PHONE = re.compile(r"\+[1-9][0-9]{6,14}")
 
 

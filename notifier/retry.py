@@ -109,7 +109,8 @@ def classify(exc: BaseException) -> NotifierError:
             return TransientError(text)
         return PermanentError(text)
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return ConfigurationError(f"TLS certificate rejected: {exc.verify_message or exc}")
+        reason = getattr(exc, "verify_message", None) or exc
+        return ConfigurationError(f"TLS certificate rejected: {reason}")
     # requests' exceptions are OSErrors too: look at them before the generic case.
     if isinstance(exc, (requests.ConnectionError, requests.Timeout)):
         return TransientError(f"HTTP request failed: {type(exc).__name__}: {exc}")

@@ -51,6 +51,7 @@ import redis
 import redis.exceptions
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -1153,4 +1154,19 @@ def make_settings(**overrides: object) -> Settings:
     """
     values: dict[str, object] = {"mail_default_sender": "Bookings <bookings@example.com>"}
     values.update(overrides)
-    return Settings.model_validate(values)
+    return _HermeticSettings(**values)  # type: ignore[arg-type]
+
+
+class _HermeticSettings(Settings):
+    """Settings that read their init arguments only: no environment, no .env file."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)

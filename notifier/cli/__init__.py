@@ -1,4 +1,8 @@
-"""The ``notifier`` command line (typer): demo, worker, publish, preview, schema."""
+"""The ``notifier`` command line (typer): demo, worker, publish, preview, schema.
+
+Sub-command groups live beside this module: ``dlq`` (dead letters) and
+``ops`` (health, stats).
+"""
 
 from __future__ import annotations
 
