@@ -43,6 +43,10 @@ class CeleryScheduler:
             countdown=countdown if countdown > 0 else None,
         )
 
+    def publish_event(self, event: dict[str, Any]) -> None:
+        """Publish an event to ``notifier.handle_event`` as a producer would."""
+        self.app.send_task(HANDLE_EVENT, args=[event], queue=keys.EVENTS_QUEUE)
+
 
 class NotifierCelery(Celery):
     """A Celery app that carries notifier's settings and its per-process Runtime."""

@@ -16,9 +16,11 @@ import hashlib
 import json
 import re
 import uuid
+from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 import redis
 from pydantic import BaseModel, ConfigDict, Field
@@ -26,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from notifier import keys
 from notifier.planner import Delivery
 
-__all__ = ["AttemptRecord", "DeadLetter", "DeadLetterStore", "Status", "fingerprint"]
+__all__ = ["AttemptRecord", "DeadLetter", "DeadLetterStore", "Filter", "Status", "fingerprint"]
 
 Status = Literal["failed", "rejected", "expired", "rate_limited"]
 
@@ -65,6 +67,31 @@ class DeadLetter(BaseModel):
     raw_event: str | None = None
     errors: list[str] = Field(default_factory=list)
     history: list[AttemptRecord] = Field(default_factory=list)
+    fallback: str | None = None
+    """Delivery id of the email sent in place of this failed SMS, if one was."""
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    """Which entries an operator means: every given criterion must match."""
+
+    channel: str | None = None
+    event_type: str | None = None
+    status: str | None = None
+    error: str | None = None
+    since: datetime | None = None
+
+    def matches(self, entry: DeadLetter) -> bool:
+        """Whether ``entry`` meets every criterion given."""
+        if self.channel and entry.channel != self.channel:
+            return False
+        if self.event_type and entry.event_type != self.event_type:
+            return False
+        if self.status and entry.status != self.status:
+            return False
+        if self.error and self.error.lower() not in entry.error.lower():
+            return False
+        return not (self.since and datetime.fromisoformat(entry.failed_at) < self.since)
 
 
 _VOLATILE = re.compile(r"[0-9a-f]{8}-[0-9a-f-]{27}|\d+(?:\.\d+)?|<[^>]*>|'[^']*'|\"[^\"]*\"")
@@ -95,6 +122,7 @@ class DeadLetterStore:
         status: Status,
         error: str,
         history: list[AttemptRecord],
+        fallback: str | None = None,
     ) -> DeadLetter:
         """Dead-letter a delivery; an entry for the same delivery keeps its older history."""
         now = _now()
@@ -116,9 +144,14 @@ class DeadLetterStore:
             fingerprint=fingerprint(error),
             attempts=sum(1 for record in merged if record.attempt > 0),
             failed_at=now,
-            first_failed_at=previous.first_failed_at if previous else now,
+            # The history travels with a replayed job, so it remembers the first
+            # failure even after the entry itself was taken out of the store.
+            first_failed_at=min(
+                [record.at for record in merged] + [previous.first_failed_at if previous else now]
+            ),
             delivery=delivery,
             history=merged,
+            fallback=fallback,
         )
         self._write(entry)
         return entry
@@ -183,6 +216,46 @@ class DeadLetterStore:
     def count(self) -> int:
         """How many entries there are."""
         return int(self._redis.zcard(keys.DLQ_INDEX))
+
+    def select(self, where: Filter | None = None, limit: int | None = None) -> list[DeadLetter]:
+        """Entries matching ``where``, most recent failure first, at most ``limit``."""
+        where = where or Filter()
+        found = [entry for entry in self if where.matches(entry)]
+        found.reverse()
+        return found if limit is None else found[:limit]
+
+    def take(self, entry_id: str) -> DeadLetter | None:
+        """Remove an entry and return it, or None if it is gone.
+
+        Only one of several concurrent callers gets the entry (ZREM answers 1
+        once), which is what makes two replays at the same time safe.
+        """
+        entry = self.get(entry_id)
+        if entry is None or not self._redis.zrem(keys.DLQ_INDEX, entry_id):
+            return None
+        self._redis.delete(keys.dlq_entry(entry_id))
+        return entry
+
+    def restore(self, entry: DeadLetter) -> None:
+        """Put back an entry that was taken but could not be replayed."""
+        self._write(entry)
+
+    def stats(self) -> dict[str, Any]:
+        """Counts by status, channel, event type and error fingerprint."""
+        by: dict[str, Counter[str]] = {
+            "by_status": Counter(),
+            "by_channel": Counter(),
+            "by_type": Counter(),
+            "by_fingerprint": Counter(),
+        }
+        total = 0
+        for entry in self:
+            total += 1
+            by["by_status"][entry.status] += 1
+            by["by_channel"][entry.channel or "none"] += 1
+            by["by_type"][entry.event_type or "unknown"] += 1
+            by["by_fingerprint"][entry.fingerprint] += 1
+        return {"total": total, **{name: dict(counter) for name, counter in by.items()}}
 
 
 def _text(value: object) -> str:

@@ -13,6 +13,7 @@ __all__ = [
     "InvalidEventError",
     "NotifierError",
     "PermanentError",
+    "ProviderUnavailableError",
     "PublishError",
     "TransientError",
 ]
@@ -28,6 +29,14 @@ class PermanentError(NotifierError):
 
 class TransientError(NotifierError):
     """The same attempt may succeed later: timeouts, refused connections, 4xx SMTP, 429."""
+
+
+class ProviderUnavailableError(TransientError):
+    """The provider itself is unreachable or refusing service (not one message's problem).
+
+    Connection refused or reset, timeouts, SMTP 421, HTTP connection errors:
+    the cue to fail over to another provider and to open the circuit breaker.
+    """
 
 
 class InvalidEventError(PermanentError):

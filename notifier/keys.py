@@ -13,6 +13,7 @@ __all__ = [
     "PREFIX",
     "QUEUES",
     "SMS_QUEUE",
+    "circuit",
     "dlq_entry",
     "ledger",
 ]
@@ -28,6 +29,11 @@ QUEUES = (EVENTS_QUEUE, EMAIL_QUEUE, SMS_QUEUE)
 def ledger(delivery_id: str) -> str:
     """Idempotency ledger entry of one delivery: a claim, then a ``sent`` marker."""
     return f"{PREFIX}ledger:{delivery_id}"
+
+
+def circuit(provider: str) -> str:
+    """Present while a provider's circuit breaker is open (TTL = the cool-down)."""
+    return f"{PREFIX}circuit:{provider}"
 
 
 DLQ_INDEX = f"{PREFIX}dlq:index"

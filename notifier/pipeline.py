@@ -11,6 +11,7 @@ enqueues only SMS deliveries and retries.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
@@ -20,17 +21,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from notifier.channels import Receipt
 from notifier.channels.sms import segments
 from notifier.compose import compose_email, compose_sms
-from notifier.deadletter import AttemptRecord, Status
-from notifier.errors import InvalidEventError, NotifierError, TransientError
+from notifier.deadletter import AttemptRecord, DeadLetter, Status
+from notifier.errors import InvalidEventError, NotifierError, PermanentError, TransientError
 from notifier.events import parse_event
 from notifier.ledger import ClaimState
 from notifier.logs import get_logger
-from notifier.planner import Delivery, plan
+from notifier.planner import Delivery, plan, sms_fallback
 from notifier.runtime import Runtime
 
-__all__ = ["Job", "Outcome", "deliver", "handle_event", "reject", "run_job"]
+__all__ = ["Job", "Outcome", "deliver", "handle_event", "reject", "replay", "run_job"]
 
-OutcomeName = Literal["sent", "duplicate", "queued", "skipped", "retried", "deferred", "dead"]
+OutcomeName = Literal[
+    "sent", "duplicate", "queued", "skipped", "retried", "deferred", "dead", "fallback"
+]
 
 
 class Job(BaseModel):
@@ -95,6 +98,7 @@ def reject(raw: object, errors: list[str], rt: Runtime) -> None:
         errors=errors,
         dead_letter_id=entry.id,
     )
+    _alert_if_crowded(rt)
 
 
 def deliver(raw_job: object, rt: Runtime) -> Outcome | None:
@@ -140,7 +144,10 @@ def run_job(job: Job, rt: Runtime) -> Outcome:
 def _send(delivery: Delivery, rt: Runtime, now: datetime) -> Receipt:
     context = rt.renderer.context(delivery, now)
     if delivery.channel == "email":
-        rendered = rt.renderer.email(delivery.template, context)
+        if delivery.fallback_for:
+            rendered = rt.renderer.sms_as_email(delivery.template, context)
+        else:
+            rendered = rt.renderer.email(delivery.template, context)
         sender = rt.sender()
         message = compose_email(delivery, rendered, sender, now)
         return rt.smtp.send(message, sender=sender.addr_spec, recipient=delivery.address)
@@ -171,9 +178,56 @@ def _dead(job: Job, rt: Runtime, error: str, *, status: Status, record: bool = T
     history = job.history
     if not record:
         history = [*history, AttemptRecord(attempt=0, at=_iso(rt.clock()), error=error)]
-    entry = rt.dead_letters.add_delivery(job.delivery, status=status, error=error, history=history)
+    # The seed's "fallback to email": a failed SMS's text goes to the same
+    # person by email. The SMS stays dead-lettered, so operators see Twilio fail.
+    fallback = sms_fallback(job.delivery) if status == "failed" else None
+    entry = rt.dead_letters.add_delivery(
+        job.delivery,
+        status=status,
+        error=error,
+        history=history,
+        fallback=fallback.delivery_id if fallback else None,
+    )
     _log_outcome(job, "dead", error=error, status=status, dead_letter_id=entry.id)
+    _alert_if_crowded(rt)
+    if fallback is not None:
+        rt.scheduler.schedule(Job(delivery=fallback), countdown=0)
+        _log_outcome(job, "fallback", fallback_delivery_id=fallback.delivery_id)
     return Outcome(job.delivery.delivery_id, "dead", error=error)
+
+
+def _alert_if_crowded(rt: Runtime) -> None:
+    count = rt.dead_letters.count()
+    if count >= rt.settings.notifier_dlq_alert_threshold:
+        # Nothing is evicted to make room: say so loudly and keep accepting.
+        get_logger().error(
+            "dlq.over_threshold",
+            dead_letters=count,
+            threshold=rt.settings.notifier_dlq_alert_threshold,
+        )
+
+
+def replay(entry: DeadLetter, rt: Runtime) -> str:
+    """Send a dead letter back through the pipeline; say what was done.
+
+    A delivery is re-enqueued on its channel's queue with its history (a
+    fresh set of attempts); the ledger stops it if it was delivered meanwhile.
+    A rejected event is published again to ``notifier.handle_event``, for
+    when the cause was fixed on our side (e.g. a newer worker).
+    """
+    if entry.delivery is not None:
+        rt.scheduler.schedule(Job(delivery=entry.delivery, history=entry.history), countdown=0)
+        return f"re-enqueued on {entry.channel}"
+    if entry.raw_event is None:
+        raise PermanentError("nothing to replay: the entry holds neither a delivery nor an event")
+    try:
+        event = json.loads(entry.raw_event)
+    except json.JSONDecodeError as exc:
+        raise PermanentError(f"the rejected payload is not JSON ({exc}): cannot replay") from None
+    if not isinstance(event, dict):
+        raise PermanentError("the rejected payload is not a JSON object: cannot replay")
+    rt.scheduler.publish_event(event)
+    return "re-published to notifier.handle_event"
 
 
 def _iso(moment: datetime) -> str:

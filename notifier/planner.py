@@ -21,7 +21,7 @@ from notifier.events import (
     UserRegistered,
 )
 
-__all__ = ["Channel", "Delivery", "Role", "delivery_id", "plan"]
+__all__ = ["Channel", "Delivery", "Role", "delivery_id", "plan", "sms_fallback"]
 
 Channel = Literal["email", "sms"]
 Role = Literal["user", "fan", "admin"]
@@ -50,6 +50,8 @@ class Delivery(BaseModel):
     event: dict[str, Any]
     not_after: str | None = None
     """RFC 3339 deadline: past it the message is useless and is not sent (a reset link)."""
+    fallback_for: str | None = None
+    """For an email standing in for a failed SMS: the SMS's delivery id."""
 
     @property
     def recipient(self) -> dict[str, Any]:
@@ -108,3 +110,25 @@ def plan(event: Event) -> list[Delivery]:
             )
         )
     return deliveries
+
+
+def sms_fallback(delivery: Delivery) -> Delivery | None:
+    """The email that carries a failed SMS's text to the same person, if they have an address.
+
+    It has its own delivery id (template ``sms-fallback:<template>``), so it is
+    sent once however often the SMS fails, and never collides with the
+    event's regular email to that person.
+    """
+    email = delivery.recipient.get("email")
+    if delivery.channel != "sms" or not isinstance(email, str) or not email:
+        return None
+    return delivery.model_copy(
+        update={
+            "delivery_id": delivery_id(
+                delivery.event_id, "email", f"sms-fallback:{delivery.template}", email
+            ),
+            "channel": "email",
+            "address": email,
+            "fallback_for": delivery.delivery_id,
+        }
+    )

@@ -16,7 +16,13 @@ from dataclasses import dataclass
 import requests
 from twilio.base.exceptions import TwilioRestException
 
-from notifier.errors import ConfigurationError, NotifierError, PermanentError, TransientError
+from notifier.errors import (
+    ConfigurationError,
+    NotifierError,
+    PermanentError,
+    ProviderUnavailableError,
+    TransientError,
+)
 from notifier.settings import Settings
 
 __all__ = ["ProviderError", "RetryPolicy", "backoff", "classify"]
@@ -96,11 +102,14 @@ def classify(exc: BaseException) -> NotifierError:
             return PermanentError(f"recipient refused: {text}")
         return TransientError(f"recipient deferred: {text}")
     if isinstance(exc, smtplib.SMTPResponseException):
-        return _by_reply_code(exc.smtp_code, _smtp_reply(exc.smtp_code, exc.smtp_error))
+        text = _smtp_reply(exc.smtp_code, exc.smtp_error)
+        if exc.smtp_code == 421 or isinstance(exc, smtplib.SMTPConnectError):
+            return ProviderUnavailableError(f"SMTP service unavailable: {text}")
+        return _by_reply_code(exc.smtp_code, text)
     if isinstance(exc, smtplib.SMTPNotSupportedError):
         return ConfigurationError(f"SMTP server lacks a required extension: {exc}")
     if isinstance(exc, smtplib.SMTPServerDisconnected):
-        return TransientError(f"SMTP server disconnected: {exc}")
+        return ProviderUnavailableError(f"SMTP server disconnected: {exc}")
     if isinstance(exc, smtplib.SMTPException):
         return TransientError(f"SMTP error: {exc}")
     if isinstance(exc, TwilioRestException):
@@ -113,9 +122,9 @@ def classify(exc: BaseException) -> NotifierError:
         return ConfigurationError(f"TLS certificate rejected: {reason}")
     # requests' exceptions are OSErrors too: look at them before the generic case.
     if isinstance(exc, (requests.ConnectionError, requests.Timeout)):
-        return TransientError(f"HTTP request failed: {type(exc).__name__}: {exc}")
+        return ProviderUnavailableError(f"HTTP request failed: {type(exc).__name__}: {exc}")
     if isinstance(exc, requests.RequestException):
         return ConfigurationError(f"HTTP request invalid: {type(exc).__name__}: {exc}")
     if isinstance(exc, OSError):
-        return TransientError(f"{type(exc).__name__}: {exc}")
+        return ProviderUnavailableError(f"{type(exc).__name__}: {exc}")
     raise TypeError(f"classify() got an exception it has no rule for: {exc!r}") from exc

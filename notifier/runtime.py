@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 from email.headerregistry import Address
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import redis
 
 from notifier.channels.sms import SmsChannel
-from notifier.channels.smtp import SmtpChannel, SmtpProvider
+from notifier.channels.smtp import CircuitBreaker, FailoverMailer, SmtpChannel, SmtpProvider
 from notifier.compose import parse_sender
 from notifier.deadletter import DeadLetterStore
 from notifier.errors import ConfigurationError
@@ -37,6 +37,9 @@ class Scheduler(Protocol):
 
     def schedule(self, job: Job, countdown: float) -> None:
         """Enqueue ``notifier.deliver(job)`` to run in ``countdown`` seconds."""
+
+    def publish_event(self, event: dict[str, Any]) -> None:
+        """Enqueue ``notifier.handle_event(event)`` (replaying a rejected event)."""
 
 
 def redis_client(settings: Settings) -> redis.Redis:
@@ -73,7 +76,12 @@ class Runtime:
         self.ledger = Ledger(self.redis, ttl=settings.notifier_ledger_ttl)
         self.dead_letters = DeadLetterStore(self.redis)
         self.retry = RetryPolicy.from_settings(settings)
-        self.smtp = SmtpChannel(SmtpProvider.primary(settings))
+        fallback = SmtpProvider.fallback(settings)
+        self.smtp = FailoverMailer(
+            SmtpChannel(SmtpProvider.primary(settings)),
+            SmtpChannel(fallback) if fallback else None,
+            CircuitBreaker(self.redis, "smtp-primary", settings.notifier_circuit_cooldown),
+        )
         self._sms: SmsChannel | None = None
         self._sender: Address | None = None
 

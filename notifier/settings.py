@@ -41,6 +41,15 @@ class Settings(BaseSettings):
     mail_ca_file: Path | None = None
     mail_allow_plain_auth: bool = False
 
+    # A second SMTP provider, tried within the same attempt when the primary
+    # is unavailable. Unset server = no failover.
+    mail_fallback_server: str | None = None
+    mail_fallback_port: int = Field(587, ge=1, le=65535)
+    mail_fallback_use_tls: bool = True
+    mail_fallback_use_ssl: bool = False
+    mail_fallback_username: str | None = None
+    mail_fallback_password: SecretStr | None = None
+
     twilio_account_sid: str | None = None
     twilio_auth_token: SecretStr | None = None
     twilio_phone_number: str | None = None
@@ -52,6 +61,9 @@ class Settings(BaseSettings):
     notifier_retry_backoff_max: float = Field(600.0, gt=0)
     notifier_visibility_timeout: int = Field(1800, ge=1)
     notifier_ledger_ttl: int = Field(604_800, ge=60)
+    notifier_circuit_cooldown: float = Field(30.0, ge=0)
+    notifier_dlq_alert_threshold: int = Field(1000, ge=1)
+    notifier_metrics_port: int = Field(9808, ge=0, le=65535)  # 0 = no metrics endpoint
     notifier_template_dir: Path | None = None
     notifier_log_level: str = "INFO"
     notifier_log_format: Literal["json", "console"] = "json"
@@ -72,6 +84,8 @@ class Settings(BaseSettings):
             raise ValueError(
                 "MAIL_USE_TLS (STARTTLS) and MAIL_USE_SSL (implicit TLS) exclude each other"
             )
+        if self.mail_fallback_use_tls and self.mail_fallback_use_ssl:
+            raise ValueError("MAIL_FALLBACK_USE_TLS and MAIL_FALLBACK_USE_SSL exclude each other")
         if self.notifier_visibility_timeout <= self.notifier_retry_backoff_max:
             # A retry countdown longer than the visibility timeout makes Redis hand
             # the waiting message to a second worker: a duplicate delivery.

@@ -24,6 +24,7 @@ from jinja2 import (
     TemplateError,
     select_autoescape,
 )
+from markupsafe import escape
 
 from notifier.errors import ConfigurationError, PermanentError
 from notifier.planner import Delivery
@@ -119,6 +120,17 @@ class Renderer:
             subject=_single_line(subject, f"subject of {template}"),
             text=self.render(f"email/{template}.txt", context),
             html=self.render(f"email/{template}.html", context),
+        )
+
+    def sms_as_email(self, template: str, context: dict[str, Any]) -> RenderedEmail:
+        """A failed SMS's text as an email (the SMS-to-email fallback): email subject, SMS body."""
+        subject = self.render(f"email/{template}.subject", context)
+        text = self.sms(template, context)
+        html = "<br>\n".join(str(escape(line)) for line in text.split("\n"))
+        return RenderedEmail(
+            subject=_single_line(subject, f"subject of {template}"),
+            text=text,
+            html=f'<!DOCTYPE html>\n<html lang="en"><body><p>{html}</p></body></html>',
         )
 
     def sms(self, template: str, context: dict[str, Any]) -> str:

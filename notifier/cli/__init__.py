@@ -182,3 +182,12 @@ def demo(
 def main() -> None:
     """Console-script entry point."""
     app()
+
+
+def _register_groups() -> None:
+    from notifier.cli import dlq
+
+    app.add_typer(dlq.app, name="dlq")
+
+
+_register_groups()

@@ -18,6 +18,7 @@ from notifier.errors import (
     InvalidEventError,
     NotifierError,
     PermanentError,
+    ProviderUnavailableError,
     TransientError,
 )
 from notifier.retry import RetryPolicy, backoff, classify
@@ -176,7 +177,7 @@ CLASSIFY: dict[str, Case] = {
     ),
     "data-error-421": (
         lambda: smtplib.SMTPDataError(421, b"4.4.2 timeout"),
-        TransientError,
+        ProviderUnavailableError,
         ("421", "4.4.2 timeout"),
     ),
     "auth-failed-535": (
@@ -186,29 +187,29 @@ CLASSIFY: dict[str, Case] = {
     ),
     "server-disconnected": (
         lambda: smtplib.SMTPServerDisconnected("Connection unexpectedly closed"),
-        TransientError,
+        ProviderUnavailableError,
         ("Connection unexpectedly closed",),
     ),
     "connect-error-421": (
         lambda: smtplib.SMTPConnectError(421, b"4.3.2 too busy"),
-        TransientError,
+        ProviderUnavailableError,
         ("421", "4.3.2 too busy"),
     ),
     # Network.
     "connection-refused": (
         lambda: ConnectionRefusedError(111, "Connection refused"),
-        TransientError,
+        ProviderUnavailableError,
         ("Connection refused",),
     ),
-    "timeout": (lambda: TimeoutError("timed out"), TransientError, ("timed out",)),
+    "timeout": (lambda: TimeoutError("timed out"), ProviderUnavailableError, ("timed out",)),
     "socket-timeout": (
         lambda: socket.timeout("timed out"),  # noqa: UP041 - the name older code raises
-        TransientError,
+        ProviderUnavailableError,
         ("timed out",),
     ),
     "connection-reset": (
         lambda: ConnectionResetError(104, "Connection reset by peer"),
-        TransientError,
+        ProviderUnavailableError,
         ("Connection reset by peer",),
     ),
     "tls-certificate": (cert_error, ConfigurationError, ("self-signed certificate",)),
@@ -230,12 +231,12 @@ CLASSIFY: dict[str, Case] = {
     # HTTP transport (Twilio's client uses requests).
     "requests-connection-error": (
         lambda: requests.ConnectionError("connection aborted"),
-        TransientError,
+        ProviderUnavailableError,
         ("connection aborted",),
     ),
     "requests-timeout": (
         lambda: requests.Timeout("read timed out"),
-        TransientError,
+        ProviderUnavailableError,
         ("read timed out",),
     ),
     "requests-invalid-url": (

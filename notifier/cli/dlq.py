@@ -1,0 +1,264 @@
+"""``notifier dlq``: list, inspect, replay, purge and count dead letters.
+
+A thin wrapper over ``DeadLetterStore`` and ``pipeline.replay``. Listings
+redact addresses; ``show`` prints the whole entry for the operator who asks.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
+
+import typer
+
+from notifier.deadletter import DeadLetter, DeadLetterStore, Filter
+from notifier.redaction import redact_address, redact_text
+
+__all__ = ["app", "parse_when"]
+
+app = typer.Typer(
+    name="dlq",
+    help="Dead letters: what could not be delivered, kept for operators.",
+    no_args_is_help=True,
+)
+
+_DURATION = re.compile(r"^(\d+)([smhd])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def parse_when(value: str, now: datetime | None = None) -> datetime:
+    """ISO 8601 ('2026-11-26T10:00Z', '2026-11-26') or a duration ago ('30m', '2h', '1d')."""
+    match = _DURATION.match(value.strip())
+    if match:
+        amount, unit = match.groups()
+        return (now or datetime.now(UTC)) - timedelta(**{_UNITS[unit]: int(amount)})
+    try:
+        moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise typer.BadParameter(
+            f"{value!r} is neither ISO 8601 nor a duration like 30m, 2h, 1d"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _store() -> DeadLetterStore:
+    from notifier.runtime import redis_client
+    from notifier.settings import get_settings
+
+    return DeadLetterStore(redis_client(get_settings()))
+
+
+ChannelOpt = Annotated[str | None, typer.Option("--channel", help="email or sms.")]
+TypeOpt = Annotated[str | None, typer.Option("--type", help="Event type, e.g. booking.created.")]
+StatusOpt = Annotated[
+    str | None, typer.Option("--status", help="failed, rejected, expired or rate_limited.")
+]
+ErrorOpt = Annotated[str | None, typer.Option("--error", help="Text the error contains.")]
+SinceOpt = Annotated[
+    str | None, typer.Option("--since", help="ISO 8601 time or a duration: 30m, 2h, 1d.")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+AllOpt = Annotated[bool, typer.Option("--all", help="Every entry matching the filters.")]
+
+
+def _filter(
+    channel: str | None,
+    event_type: str | None,
+    status: str | None,
+    error: str | None,
+    since: str | None,
+) -> Filter:
+    return Filter(
+        channel=channel,
+        event_type=event_type,
+        status=status,
+        error=error,
+        since=parse_when(since) if since else None,
+    )
+
+
+def summary(entry: DeadLetter) -> dict[str, object]:
+    """The redacted listing form of an entry (``list --json``)."""
+    return {
+        "id": entry.id,
+        "status": entry.status,
+        "event_id": entry.event_id,
+        "event_type": entry.event_type,
+        "channel": entry.channel,
+        "template": entry.template,
+        "recipient": redact_address(entry.recipient) if entry.recipient else None,
+        "error": redact_text(entry.error),
+        "fingerprint": entry.fingerprint,
+        "attempts": entry.attempts,
+        "failed_at": entry.failed_at,
+    }
+
+
+@app.command("list")
+def list_(
+    channel: ChannelOpt = None,
+    event_type: TypeOpt = None,
+    status: StatusOpt = None,
+    error: ErrorOpt = None,
+    since: SinceOpt = None,
+    limit: Annotated[int, typer.Option("--limit", min=1)] = 50,
+    as_json: JsonOpt = False,
+) -> None:
+    """List dead letters, most recent first (addresses redacted)."""
+    entries = _store().select(_filter(channel, event_type, status, error, since), limit)
+    rows = [summary(entry) for entry in entries]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        typer.echo("no dead letters match")
+        return
+    columns = ("id", "status", "event_type", "channel", "template", "recipient", "attempts")
+    table = [[*columns, "failed_at", "error"]]
+    for row in rows:
+        error_text = str(row["error"])
+        table.append(
+            [str(row[c] if row[c] is not None else "-") for c in columns]
+            + [str(row["failed_at"])[:19], error_text[:70] + ("…" if len(error_text) > 70 else "")]
+        )
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
+    for line in table:
+        typer.echo("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
+
+
+@app.command()
+def show(
+    entry_id: Annotated[str, typer.Argument(metavar="ID")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Show one entry in full: the delivery, the error, every attempt (unredacted)."""
+    entry = _store().get(entry_id)
+    if entry is None:
+        typer.echo(f"error: no dead letter {entry_id}", err=True)
+        raise typer.Exit(1)
+    if as_json:
+        typer.echo(entry.model_dump_json(indent=2))
+        return
+    typer.echo(f"id:         {entry.id}")
+    typer.echo(f"status:     {entry.status}")
+    typer.echo(f"event:      {entry.event_type} {entry.event_id}")
+    typer.echo(f"delivery:   {entry.channel} {entry.template} to {entry.recipient}")
+    typer.echo(f"error:      {entry.error}")
+    typer.echo(f"attempts:   {entry.attempts} (first failure {entry.first_failed_at})")
+    if entry.fallback:
+        typer.echo(f"fallback:   email {entry.fallback}")
+    for record in entry.history:
+        typer.echo(f"  #{record.attempt} {record.at}  {record.error}")
+    for problem in entry.errors:
+        typer.echo(f"  - {problem}")
+
+
+def _chosen(
+    store: DeadLetterStore, ids: list[str] | None, everything: bool, where: Filter
+) -> list[DeadLetter]:
+    if bool(ids) == everything:
+        raise typer.BadParameter("give entry IDs or --all (with optional filters), not both")
+    if everything:
+        return store.select(where)
+    found = []
+    for entry_id in ids or []:
+        entry = store.get(entry_id)
+        if entry is None:
+            typer.echo(f"warning: no dead letter {entry_id}", err=True)
+        else:
+            found.append(entry)
+    return found
+
+
+@app.command()
+def replay(
+    ids: Annotated[list[str] | None, typer.Argument(metavar="[ID]...")] = None,
+    everything: Annotated[
+        bool, typer.Option("--all", help="Every entry matching the filters.")
+    ] = False,
+    channel: ChannelOpt = None,
+    event_type: TypeOpt = None,
+    status: StatusOpt = None,
+    error: ErrorOpt = None,
+    since: SinceOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be replayed.")] = False,
+) -> None:
+    """Send dead letters through the pipeline again; they leave the list.
+
+    Safe to run twice, even at once: each entry is taken by one replay only,
+    and the idempotency ledger stops a delivery that was already sent.
+    """
+    from notifier.app import create_app
+    from notifier.errors import NotifierError
+    from notifier.pipeline import replay as replay_entry
+    from notifier.settings import get_settings
+
+    store = _store()
+    entries = _chosen(store, ids, everything, _filter(channel, event_type, status, error, since))
+    if dry_run:
+        for entry in entries:
+            typer.echo(
+                f"would replay {entry.id} ({entry.status}, {entry.event_type}, {entry.channel})"
+            )
+        typer.echo(f"{len(entries)} would be replayed")
+        return
+    runtime = create_app(get_settings()).runtime
+    replayed = failed = 0
+    for entry in entries:
+        taken = store.take(entry.id)
+        if taken is None:
+            continue  # another replay got it first
+        try:
+            what = replay_entry(taken, runtime)
+        except NotifierError as exc:
+            store.restore(taken)
+            failed += 1
+            typer.echo(f"error: {taken.id}: {exc}", err=True)
+            continue
+        except Exception:
+            store.restore(taken)  # never lose an entry to a broker error; then fail loudly
+            raise
+        replayed += 1
+        typer.echo(f"replayed {taken.id}: {what}")
+    typer.echo(f"{replayed} replayed, {failed} could not be replayed")
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def purge(
+    ids: Annotated[list[str] | None, typer.Argument(metavar="[ID]...")] = None,
+    everything: Annotated[
+        bool, typer.Option("--all", help="Every entry matching the filters.")
+    ] = False,
+    channel: ChannelOpt = None,
+    event_type: TypeOpt = None,
+    status: StatusOpt = None,
+    error: ErrorOpt = None,
+    since: SinceOpt = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Really delete.")] = False,
+) -> None:
+    """Delete dead letters for good (requires --yes)."""
+    store = _store()
+    entries = _chosen(store, ids, everything, _filter(channel, event_type, status, error, since))
+    if not yes:
+        typer.echo(f"{len(entries)} entries match; add --yes to delete them", err=True)
+        raise typer.Exit(1)
+    removed = sum(store.remove(entry.id) for entry in entries)
+    typer.echo(f"{removed} purged")
+
+
+@app.command()
+def stats(as_json: JsonOpt = False) -> None:
+    """Counts by status, channel, event type and error fingerprint."""
+    counts = _store().stats()
+    if as_json:
+        typer.echo(json.dumps(counts, indent=2))
+        return
+    typer.echo(f"total: {counts['total']}")
+    for group in ("by_status", "by_channel", "by_type", "by_fingerprint"):
+        typer.echo(f"{group.removeprefix('by_')}:")
+        for name, count in sorted(counts[group].items(), key=lambda item: -item[1]):
+            typer.echo(f"  {count:>6}  {name}")

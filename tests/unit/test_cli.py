@@ -1,0 +1,288 @@
+"""The ``notifier`` command line: schema, preview, publish's validation, input parsing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+import notifier.client
+import notifier.settings
+from notifier.cli import app, parse_input
+from notifier.errors import InvalidEventError, PublishError
+from notifier.events import SUPPORTED_TYPES
+from tests import samples
+from tests.conftest import make_settings
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def isolated_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The developer's environment (NOTIFIER_TEMPLATE_DIR, REDIS_URL...) does not leak in."""
+    monkeypatch.setattr(notifier.settings, "get_settings", make_settings)
+
+
+@pytest.fixture
+def published(monkeypatch: pytest.MonkeyPatch) -> list[list[Any]]:
+    """Stands in for the broker: what ``publish`` handed over, one list per call."""
+    calls: list[list[Any]] = []
+
+    def publish_many(events: list[Any]) -> list[str]:
+        calls.append(list(events))
+        return [event["event_id"] for event in events]
+
+    monkeypatch.setattr(notifier.client, "publish_many", publish_many)
+    return calls
+
+
+def write_event(tmp_path: Path, event: dict[str, Any], name: str = "event.json") -> Path:
+    path = tmp_path / name
+    path.write_text(json.dumps(event, indent=2), encoding="utf-8")
+    return path
+
+
+def write_lines(tmp_path: Path, lines: list[str]) -> Path:
+    path = tmp_path / "events.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+# --- schema ------------------------------------------------------------------------
+
+
+def test_schema_prints_json_schema_of_the_four_event_types(runner: CliRunner) -> None:
+    result = runner.invoke(app, ["schema"])
+
+    assert result.exit_code == 0
+    schema = json.loads(result.stdout)
+    definitions = [schema["$defs"][ref["$ref"].rsplit("/", 1)[1]] for ref in schema["oneOf"]]
+    types = {definition["properties"]["type"]["const"] for definition in definitions}
+    assert types == set(SUPPORTED_TYPES)
+    assert schema["discriminator"]["propertyName"] == "type"
+
+
+# --- preview -----------------------------------------------------------------------
+
+
+def test_preview_email_prints_subject_text_and_html(runner: CliRunner, tmp_path: Path) -> None:
+    event = write_event(tmp_path, samples.booking_created())
+
+    result = runner.invoke(
+        app, ["preview", "booking_confirmation_fan", "--channel", "email", "--event", str(event)]
+    )
+
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.startswith("Subject: Booking Confirmation\n")
+    assert "Hello Ada Lovelace," in result.stdout
+    assert "Your booking has been confirmed for the following event:" in result.stdout
+    assert "--- text/html ---" in result.stdout
+    assert "<html" in result.stdout
+
+
+def test_preview_sms_prints_the_body(runner: CliRunner, tmp_path: Path) -> None:
+    event = write_event(tmp_path, samples.booking_created())
+
+    result = runner.invoke(
+        app, ["preview", "booking_confirmation_fan", "--channel", "sms", "--event", str(event)]
+    )
+
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.startswith("Appointment Booking Confirmation\nHello Ada Lovelace,\n")
+
+
+def test_preview_of_a_template_the_event_does_not_plan_lists_what_it_plans(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    event = write_event(tmp_path, samples.booking_created())
+
+    result = runner.invoke(app, ["preview", "password_reset", "--event", str(event)])
+
+    assert result.exit_code == 1
+    assert "plans no email with template 'password_reset'" in result.stderr
+    assert (
+        "it plans: email:booking_confirmation_fan, email:booking_notification_admin, "
+        "sms:booking_confirmation_fan" in result.stderr
+    )
+    assert result.stdout == ""
+
+
+def test_preview_of_an_sms_the_event_does_not_plan_fails(runner: CliRunner, tmp_path: Path) -> None:
+    # The admin has no phone, so no admin SMS is planned.
+    event = write_event(tmp_path, samples.booking_created())
+
+    result = runner.invoke(
+        app, ["preview", "booking_notification_admin", "--channel", "sms", "--event", str(event)]
+    )
+
+    assert result.exit_code == 1
+    assert "plans no sms with template 'booking_notification_admin'" in result.stderr
+
+
+def test_preview_of_an_invalid_event_fails(runner: CliRunner, tmp_path: Path) -> None:
+    event = samples.booking_created()
+    del event["fan"]
+    path = write_event(tmp_path, event)
+
+    result = runner.invoke(app, ["preview", "booking_confirmation_fan", "--event", str(path)])
+
+    assert result.exit_code == 1
+    assert "fan" in result.stderr
+
+
+def test_preview_of_a_missing_event_file_fails(runner: CliRunner, tmp_path: Path) -> None:
+    result = runner.invoke(
+        app, ["preview", "booking_confirmation_fan", "--event", str(tmp_path / "nope.json")]
+    )
+
+    assert result.exit_code == 1
+    assert "error:" in result.stderr
+
+
+# --- publish -----------------------------------------------------------------------
+
+
+def test_publish_of_an_invalid_event_publishes_nothing(
+    runner: CliRunner, tmp_path: Path, published: list[list[Any]]
+) -> None:
+    event = samples.booking_created()
+    del event["schema_version"]
+    path = write_lines(tmp_path, [json.dumps(event)])
+
+    result = runner.invoke(app, ["publish", str(path)])
+
+    assert result.exit_code == 1
+    assert "error: line 1: schema_version" in result.stderr
+    assert "nothing was published" in result.stderr
+    assert published == []
+
+
+def test_publish_names_the_line_of_the_invalid_event_and_publishes_none(
+    runner: CliRunner, tmp_path: Path, published: list[list[Any]]
+) -> None:
+    bad = samples.user_registered(verification_url="ftp://example.com/verify")
+    lines = [json.dumps(samples.user_registered()), "", json.dumps(bad)]
+    path = write_lines(tmp_path, lines)
+
+    result = runner.invoke(app, ["publish", str(path)])
+
+    assert result.exit_code == 1
+    assert "error: line 3: verification_url" in result.stderr
+    assert "line 1" not in result.stderr
+    assert "nothing was published" in result.stderr
+    assert published == []
+    assert result.stdout == ""
+
+
+def test_publish_of_unparsable_json_publishes_nothing(
+    runner: CliRunner, tmp_path: Path, published: list[list[Any]]
+) -> None:
+    path = write_lines(tmp_path, [json.dumps(samples.user_registered()), "{oops"])
+
+    result = runner.invoke(app, ["publish", str(path)])
+
+    assert result.exit_code == 1
+    assert "error: line 2: not valid JSON" in result.stderr
+    assert published == []
+
+
+def test_publish_of_a_missing_file_publishes_nothing(
+    runner: CliRunner, tmp_path: Path, published: list[list[Any]]
+) -> None:
+    result = runner.invoke(app, ["publish", str(tmp_path / "nope.jsonl")])
+
+    assert result.exit_code == 1
+    assert "nothing was published" in result.stderr
+    assert published == []
+
+
+def test_publish_prints_one_event_id_per_line(
+    runner: CliRunner, tmp_path: Path, published: list[list[Any]]
+) -> None:
+    events = [samples.user_registered(), samples.booking_created()]
+    path = write_lines(tmp_path, [json.dumps(event) for event in events])
+
+    result = runner.invoke(app, ["publish", str(path)])
+
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.splitlines() == [event["event_id"] for event in events]
+    assert published == [events]
+
+
+def test_publish_reads_standard_input(runner: CliRunner, published: list[list[Any]]) -> None:
+    event = samples.password_reset_requested()
+
+    result = runner.invoke(app, ["publish", "-"], input=json.dumps(event, indent=2))
+
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.splitlines() == [event["event_id"]]
+
+
+def test_publish_exits_2_when_the_broker_is_unreachable(
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unreachable(events: list[Any]) -> list[str]:
+        raise PublishError("broker redis://localhost:6379/0 unreachable")
+
+    monkeypatch.setattr(notifier.client, "publish_many", unreachable)
+    path = write_event(tmp_path, samples.user_registered())
+
+    result = runner.invoke(app, ["publish", str(path)])
+
+    assert result.exit_code == 2
+    assert "unreachable" in result.stderr
+
+
+# --- parse_input -------------------------------------------------------------------
+
+
+def test_parse_input_reads_one_pretty_printed_object() -> None:
+    event = samples.booking_created()
+
+    assert parse_input(json.dumps(event, indent=2)) == [(1, event)]
+
+
+def test_parse_input_numbers_a_pretty_printed_object_by_its_first_line() -> None:
+    event = samples.user_registered()
+
+    assert parse_input("\n\n" + json.dumps(event, indent=2) + "\n") == [(3, event)]
+
+
+def test_parse_input_reads_json_lines_skipping_blank_lines() -> None:
+    first, second = samples.user_registered(), samples.booking_cancelled()
+    text = "\n".join([json.dumps(first), "", "   ", json.dumps(second), ""])
+
+    assert parse_input(text) == [(1, first), (4, second)]
+
+
+def test_parse_input_keeps_non_object_lines_for_validation_to_refuse() -> None:
+    assert parse_input('{"a": 1}\n[1, 2]\n') == [(1, {"a": 1}), (2, [1, 2])]
+
+
+def test_parse_input_names_the_line_that_is_not_json() -> None:
+    text = "\n".join([json.dumps(samples.user_registered()), "", "{not json", "[]"])
+
+    with pytest.raises(InvalidEventError) as raised:
+        parse_input(text)
+
+    (message,) = raised.value.errors
+    assert message.startswith("line 3: not valid JSON")
+
+
+def test_parse_input_reports_every_bad_line() -> None:
+    with pytest.raises(InvalidEventError) as raised:
+        parse_input("{\n{}\n}\n")
+
+    assert [message.split(":")[0] for message in raised.value.errors] == ["line 1", "line 3"]
+
+
+@pytest.mark.parametrize("text", ["", "  \n\n\t\n"], ids=["empty", "blank"])
+def test_parse_input_refuses_empty_input(text: str) -> None:
+    with pytest.raises(InvalidEventError, match="input is empty"):
+        parse_input(text)

@@ -1,0 +1,258 @@
+"""compose_email / compose_sms / parse_sender: the bytes that go on the wire."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+from datetime import UTC, datetime
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import pytest
+
+from notifier.compose import SmsMessage, compose_email, compose_sms, parse_sender
+from notifier.errors import ConfigurationError, PermanentError
+from notifier.events import parse_event
+from notifier.planner import Delivery, plan
+from notifier.templates import RenderedEmail
+from tests import samples
+
+NOW = datetime(2026, 11, 26, 10, 0, 5, tzinfo=UTC)
+RENDERED = RenderedEmail(
+    subject="Booking Confirmation",
+    text="Hello Zoë,\nYour booking is confirmed.\n",
+    html="<p>Hello Zoë,</p>\n<p>Your booking is confirmed.</p>\n",
+)
+
+
+def delivery_for(channel: str = "email", **fields: Any) -> Delivery:
+    """The fan's delivery on this channel for a booking.created event."""
+    (chosen,) = [
+        d
+        for d in plan(parse_event(samples.booking_created(**fields)))
+        if d.role == "fan" and d.channel == channel
+    ]
+    return chosen
+
+
+def with_fan_name(delivery: Delivery, name: str) -> Delivery:
+    """The same delivery with a name the event contract would have refused (a stored delivery)."""
+    event = {**delivery.event, "fan": {**delivery.event["fan"], "name": name}}
+    return delivery.model_copy(update={"event": event})
+
+
+def parsed_bytes(data: bytes) -> EmailMessage:
+    """What a receiving server sees."""
+    result = email.message_from_bytes(data, policy=email.policy.default)
+    assert isinstance(result, EmailMessage)
+    return result
+
+
+def parsed(message: EmailMessage) -> EmailMessage:
+    return parsed_bytes(message.as_bytes())
+
+
+def headers_of(data: bytes) -> bytes:
+    """The top-level header block of a serialized message."""
+    return data.split(b"\r\n\r\n", 1)[0]
+
+
+@pytest.fixture
+def sender() -> Address:
+    return parse_sender("Bookings <noreply@example.com>")
+
+
+@pytest.fixture
+def delivery() -> Delivery:
+    return delivery_for()
+
+
+def test_email_is_multipart_alternative_text_then_html(delivery: Delivery, sender: Address) -> None:
+    message = parsed(compose_email(delivery, RENDERED, sender, NOW))
+
+    assert message.get_content_type() == "multipart/alternative"
+    parts = list(message.iter_parts())
+    assert [part.get_content_type() for part in parts] == ["text/plain", "text/html"]
+    assert [part.get_content_charset() for part in parts] == ["utf-8", "utf-8"]
+
+
+def test_email_parts_carry_the_rendered_text_and_html(delivery: Delivery, sender: Address) -> None:
+    message = parsed(compose_email(delivery, RENDERED, sender, NOW))
+
+    text, html = message.iter_parts()
+    # On the wire every line ends in CRLF; the content is otherwise what was rendered.
+    assert text.get_content().replace("\r\n", "\n") == RENDERED.text
+    assert html.get_content().replace("\r\n", "\n") == RENDERED.html
+
+
+def test_email_headers(delivery: Delivery, sender: Address) -> None:
+    message = parsed(compose_email(delivery, RENDERED, sender, NOW))
+
+    assert message["Subject"] == "Booking Confirmation"
+    assert message["From"] == "Bookings <noreply@example.com>"
+    assert message["To"] == "Ada Lovelace <ada@example.com>"
+    assert parsedate_to_datetime(message["Date"]) == NOW
+    assert message["MIME-Version"] == "1.0"
+
+
+def test_message_id_is_the_delivery_id_at_the_sender_domain(
+    delivery: Delivery, sender: Address
+) -> None:
+    message = parsed(compose_email(delivery, RENDERED, sender, NOW))
+
+    assert message["Message-ID"] == f"<{delivery.delivery_id}@example.com>"
+
+
+def test_message_id_is_the_same_when_the_delivery_is_composed_again(
+    delivery: Delivery, sender: Address
+) -> None:
+    first = compose_email(delivery, RENDERED, sender, NOW)
+    retry = compose_email(delivery, RENDERED, sender, datetime(2026, 11, 27, tzinfo=UTC))
+
+    assert first["Message-ID"] == retry["Message-ID"]
+
+
+@pytest.mark.parametrize("name", ["Zoë Ångström", "李雷"], ids=["latin", "cjk"])
+def test_non_ascii_recipient_name_is_rfc2047_encoded_and_decodes_back(
+    delivery: Delivery, sender: Address, name: str
+) -> None:
+    data = compose_email(with_fan_name(delivery, name), RENDERED, sender, NOW).as_bytes()
+
+    assert headers_of(data).isascii()
+    (to_line,) = [line for line in data.split(b"\r\n") if line.startswith(b"To:")]
+    assert to_line.startswith(b"To: =?utf-8?")
+    (address,) = parsed_bytes(data)["To"].addresses
+    assert address.display_name == name
+    assert address.addr_spec == "ada@example.com"
+
+
+def test_non_ascii_subject_is_encoded_and_decodes_back(delivery: Delivery, sender: Address) -> None:
+    rendered = RenderedEmail(subject="Réservation confirmée 李雷", text="x", html="<p>x</p>")
+
+    data = compose_email(delivery, rendered, sender, NOW).as_bytes()
+
+    assert headers_of(data).isascii()
+    assert b"=?utf-8?" in headers_of(data)
+    assert parsed_bytes(data)["Subject"] == "Réservation confirmée 李雷"
+
+
+def test_non_ascii_sender_name_is_encoded_and_decodes_back(delivery: Delivery) -> None:
+    sender = parse_sender("Zoë's Bookings <noreply@example.com>")
+
+    data = compose_email(delivery, RENDERED, sender, NOW).as_bytes()
+
+    assert headers_of(data).isascii()
+    (address,) = parsed_bytes(data)["From"].addresses
+    assert address.display_name == "Zoë's Bookings"
+
+
+@pytest.mark.parametrize("newline", ["\r", "\n", "\r\n"], ids=["CR", "LF", "CRLF"])
+def test_recipient_name_with_a_line_break_is_refused(
+    delivery: Delivery, sender: Address, newline: str
+) -> None:
+    tampered = with_fan_name(delivery, f"Ada{newline}Bcc: victim@example.com")
+
+    with pytest.raises(PermanentError, match="recipient name"):
+        compose_email(tampered, RENDERED, sender, NOW)
+
+
+@pytest.mark.parametrize("newline", ["\r", "\n", "\r\n"], ids=["CR", "LF", "CRLF"])
+def test_subject_with_a_line_break_is_refused(
+    delivery: Delivery, sender: Address, newline: str
+) -> None:
+    rendered = RenderedEmail(
+        subject=f"Booking{newline}Bcc: victim@example.com", text="x", html="<p>x</p>"
+    )
+
+    with pytest.raises(PermanentError, match="subject"):
+        compose_email(delivery, rendered, sender, NOW)
+
+
+def test_recipient_address_with_a_line_break_is_refused(
+    delivery: Delivery, sender: Address
+) -> None:
+    tampered = delivery.model_copy(update={"address": "ada@example.com\r\nBcc: v@example.com"})
+
+    with pytest.raises(PermanentError, match="recipient address"):
+        compose_email(tampered, RENDERED, sender, NOW)
+
+
+def test_every_serialized_line_ends_in_crlf(delivery: Delivery, sender: Address) -> None:
+    data = compose_email(delivery, RENDERED, sender, NOW).as_bytes()
+
+    assert data.endswith(b"\r\n")
+    assert b"\n" not in data.replace(b"\r\n", b"")
+    assert b"\r" not in data.replace(b"\r\n", b"")
+
+
+def test_serialized_message_is_7bit_clean(delivery: Delivery, sender: Address) -> None:
+    # smtplib.send_message declares BODY=8BITMIME only for SMTPUTF8 envelopes, so raw
+    # 8-bit body bytes would go to servers that never offered 8BITMIME (RFC 6152).
+    # A non-ASCII name in the body must travel quoted-printable or base64.
+    rendered = RenderedEmail(subject="Booking Confirmation", text="Hello Zoë", html="<p>Zoë</p>")
+
+    data = compose_email(delivery, rendered, sender, NOW).as_bytes()
+
+    assert data.isascii()
+    text, html = parsed_bytes(data).iter_parts()
+    assert text.get_content().rstrip() == "Hello Zoë"
+    assert html.get_content().rstrip() == "<p>Zoë</p>"
+
+
+@pytest.mark.parametrize(
+    ("setting", "display_name", "addr_spec"),
+    [
+        pytest.param(
+            "Bookings <noreply@example.com>", "Bookings", "noreply@example.com", id="named"
+        ),
+        pytest.param("noreply@example.com", "", "noreply@example.com", id="bare"),
+        pytest.param(
+            '"Bookings, Inc." <noreply@example.com>',
+            "Bookings, Inc.",
+            "noreply@example.com",
+            id="quoted-name",
+        ),
+    ],
+)
+def test_parse_sender_accepts(setting: str, display_name: str, addr_spec: str) -> None:
+    sender = parse_sender(setting)
+
+    assert sender.display_name == display_name
+    assert sender.addr_spec == addr_spec
+    assert sender.domain == "example.com"
+
+
+@pytest.mark.parametrize("setting", [None, ""], ids=["none", "empty"])
+def test_parse_sender_requires_a_setting(setting: str | None) -> None:
+    with pytest.raises(ConfigurationError, match="MAIL_DEFAULT_SENDER is not set"):
+        parse_sender(setting)
+
+
+@pytest.mark.parametrize(
+    "setting",
+    ["Bookings", "not an address", "noreply@", "@example.com", "Bookings <noreply@localhost>"],
+    ids=["name-only", "words", "no-domain", "no-local-part", "no-dot-in-domain"],
+)
+def test_parse_sender_refuses_an_invalid_address(setting: str) -> None:
+    with pytest.raises(ConfigurationError, match="not a valid address"):
+        parse_sender(setting)
+
+
+@pytest.mark.parametrize(
+    "setting",
+    ["Bookings <noreply@example.com>\r\nBcc: victim@example.com", "Book\nings <a@example.com>"],
+    ids=["CRLF-after", "LF-in-name"],
+)
+def test_parse_sender_refuses_a_line_break(setting: str) -> None:
+    with pytest.raises(PermanentError, match="CR/LF"):
+        parse_sender(setting)
+
+
+def test_compose_sms_sends_the_body_to_the_delivery_address() -> None:
+    delivery = delivery_for("sms")
+
+    assert compose_sms(delivery, "Your booking is confirmed.") == SmsMessage(
+        to="+447911123456", body="Your booking is confirmed."
+    )

@@ -1,0 +1,471 @@
+"""The pipeline without Celery: fakeredis stores, a fake SMTP and SMS channel, a recording queue."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from email.message import EmailMessage
+from typing import Any
+
+import fakeredis
+import pytest
+
+from notifier.channels import Receipt
+from notifier.compose import SmsMessage
+from notifier.deadletter import DeadLetter, DeadLetterStore
+from notifier.errors import PermanentError, TransientError
+from notifier.events import parse_event
+from notifier.ledger import DEFAULT_LEASE_SECONDS, Ledger
+from notifier.pipeline import Job, deliver, handle_event, run_job
+from notifier.planner import Delivery, plan
+from notifier.runtime import Runtime
+from tests import samples
+from tests.conftest import make_settings
+
+TWILIO = {
+    "twilio_account_sid": "AC" + "0" * 32,
+    "twilio_auth_token": "test-token",
+    "twilio_phone_number": "+14155550123",
+}
+BACKOFF_BASE = 5.0
+MAX_ATTEMPTS = 3
+
+
+@dataclass
+class RecordingScheduler:
+    """Stands in for the Celery queues: remembers what would be enqueued."""
+
+    scheduled: list[tuple[Job, float]] = field(default_factory=list)
+
+    def schedule(self, job: Job, countdown: float) -> None:
+        self.scheduled.append((job, countdown))
+
+
+@dataclass
+class SentEmail:
+    message: EmailMessage
+    sender: str
+    recipient: str
+
+
+@dataclass
+class FakeSmtp:
+    """Accepts every message unless told to raise; ``failures`` are used up in order."""
+
+    failures: list[Exception] = field(default_factory=list)
+    sent: list[SentEmail] = field(default_factory=list)
+
+    def send(self, message: EmailMessage, sender: str, recipient: str) -> Receipt:
+        if self.failures:
+            raise self.failures.pop(0)
+        self.sent.append(SentEmail(message, sender, recipient))
+        return Receipt(channel="email", provider="fake-smtp", provider_id=str(len(self.sent)))
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class FakeSms:
+    failures: list[Exception] = field(default_factory=list)
+    sent: list[SmsMessage] = field(default_factory=list)
+
+    def send(self, message: SmsMessage) -> Receipt:
+        if self.failures:
+            raise self.failures.pop(0)
+        self.sent.append(message)
+        return Receipt(channel="sms", provider="fake-twilio", provider_id=f"SM{len(self.sent)}")
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class World:
+    """A Runtime wired to fakes, and the fakes for the assertions."""
+
+    rt: Runtime
+    scheduler: RecordingScheduler
+    smtp: FakeSmtp
+    sms: FakeSms
+
+    @property
+    def dead_letters(self) -> list[DeadLetter]:
+        return list(self.rt.dead_letters)
+
+
+MakeWorld = Callable[..., World]
+
+
+@pytest.fixture
+def make_world() -> Iterator[MakeWorld]:
+    if importlib.util.find_spec("lupa") is None:
+        pytest.fail(
+            "the ledger runs Lua scripts; fakeredis needs lupa for them: "
+            "install the dev extra (fakeredis[lua], which pulls lupa)"
+        )
+    made: list[Runtime] = []
+
+    def build(*, clock: Callable[[], datetime] | None = None, **settings: Any) -> World:
+        values: dict[str, Any] = {
+            "notifier_retry_max_attempts": MAX_ATTEMPTS,
+            "notifier_retry_backoff_base": BACKOFF_BASE,
+            **settings,
+        }
+        scheduler = RecordingScheduler()
+        if clock is None:
+            rt = Runtime(make_settings(**values), scheduler)
+        else:
+            rt = Runtime(make_settings(**values), scheduler, clock=clock)
+        redis = fakeredis.FakeRedis()
+        rt.ledger = Ledger(redis, ttl=rt.settings.notifier_ledger_ttl)
+        rt.dead_letters = DeadLetterStore(redis)
+        world = World(rt=rt, scheduler=scheduler, smtp=FakeSmtp(), sms=FakeSms())
+        rt.smtp = world.smtp  # type: ignore[assignment]
+        rt._sms = world.sms  # type: ignore[assignment]
+        made.append(rt)
+        return world
+
+    yield build
+    for rt in made:
+        rt.redis.close()
+
+
+@pytest.fixture
+def world(make_world: MakeWorld) -> World:
+    """Email only: Twilio is not configured."""
+    return make_world()
+
+
+@pytest.fixture
+def sms_world(make_world: MakeWorld) -> World:
+    return make_world(**TWILIO)
+
+
+def email_job(event: dict[str, Any], attempt: int = 1) -> Job:
+    delivery = next(d for d in plan(parse_event(event)) if d.channel == "email")
+    return Job(delivery=delivery, attempt=attempt)
+
+
+def occurred_at(event: dict[str, Any]) -> datetime:
+    return datetime.fromisoformat(event["occurred_at"])
+
+
+def outcomes(results: list[Any]) -> list[str]:
+    return [result.outcome for result in results]
+
+
+# --- the happy path ---------------------------------------------------------------
+
+
+def test_booking_created_sends_both_emails_inline_and_queues_the_fan_sms(
+    sms_world: World,
+) -> None:
+    results = handle_event(samples.booking_created(), sms_world.rt)
+
+    assert outcomes(results) == ["sent", "sent", "queued"]
+    assert [email.recipient for email in sms_world.smtp.sent] == [
+        "ada@example.com",
+        "grace@example.com",
+    ]
+    ((job, countdown),) = sms_world.scheduler.scheduled
+    assert (job.delivery.channel, job.delivery.template) == ("sms", "booking_confirmation_fan")
+    assert job.delivery.address == "+447911123456"
+    assert job.attempt == 1
+    assert countdown == 0
+
+
+def test_booking_created_without_twilio_skips_sms_and_queues_nothing(world: World) -> None:
+    results = handle_event(samples.booking_created(), world.rt)
+
+    assert outcomes(results) == ["sent", "sent", "skipped"]
+    assert world.scheduler.scheduled == []
+    assert world.dead_letters == []
+
+
+def test_emails_go_to_the_right_address_with_the_seed_subject(world: World) -> None:
+    handle_event(samples.booking_created(), world.rt)
+
+    sent = [
+        (email.sender, email.recipient, email.message["To"], email.message["Subject"])
+        for email in world.smtp.sent
+    ]
+    assert sent == [
+        (
+            "bookings@example.com",
+            "ada@example.com",
+            "Ada Lovelace <ada@example.com>",
+            "Booking Confirmation",
+        ),
+        (
+            "bookings@example.com",
+            "grace@example.com",
+            "Grace Hopper <grace@example.com>",
+            "New Booking for Your Event",
+        ),
+    ]
+
+
+def test_sent_delivery_is_marked_in_the_ledger(world: World) -> None:
+    (result,) = handle_event(samples.user_registered(), world.rt)
+
+    assert result.receipt is not None
+    assert world.rt.ledger.is_sent(result.delivery_id)
+
+
+def test_queued_sms_is_sent_by_deliver(sms_world: World) -> None:
+    handle_event(samples.booking_created(), sms_world.rt)
+    ((job, _),) = sms_world.scheduler.scheduled
+
+    result = deliver(job.model_dump(mode="json"), sms_world.rt)
+
+    assert result is not None
+    assert result.outcome == "sent"
+    (sms,) = sms_world.sms.sent
+    assert sms.to == "+447911123456"
+    assert sms.body.startswith("Appointment Booking Confirmation\nHello Ada Lovelace,")
+
+
+# --- bad input ----------------------------------------------------------------------
+
+
+def test_invalid_event_is_rejected_into_the_dead_letter_store(world: World) -> None:
+    event = samples.booking_created()
+    del event["slot"]
+
+    results = handle_event(event, world.rt)
+
+    assert results == []
+    (entry,) = world.dead_letters
+    assert entry.status == "rejected"
+    assert entry.event_id == event["event_id"]
+    assert any(error.startswith("slot") for error in entry.errors)
+    assert world.smtp.sent == []
+    assert world.scheduler.scheduled == []
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param({}, id="empty"),
+        pytest.param({"delivery": {"delivery_id": "d-1"}}, id="incomplete-delivery"),
+        pytest.param("not a job", id="string"),
+        pytest.param(None, id="none"),
+    ],
+)
+def test_deliver_rejects_a_malformed_job_without_raising(world: World, raw: object) -> None:
+    assert deliver(raw, world.rt) is None
+
+    (entry,) = world.dead_letters
+    assert entry.status == "rejected"
+    assert all(error.startswith("notifier.deliver job: ") for error in entry.errors)
+    assert world.smtp.sent == []
+
+
+def test_deliver_rejects_attempt_zero(world: World) -> None:
+    job = email_job(samples.user_registered()).model_dump(mode="json")
+
+    assert deliver({**job, "attempt": 0}, world.rt) is None
+
+    (entry,) = world.dead_letters
+    assert entry.status == "rejected"
+    assert world.smtp.sent == []
+
+
+# --- idempotency -------------------------------------------------------------------
+
+
+def test_republishing_the_same_event_sends_nothing_twice(world: World) -> None:
+    event = samples.booking_created()
+    handle_event(event, world.rt)
+
+    again = handle_event(event, world.rt)
+
+    assert outcomes(again) == ["duplicate", "duplicate", "skipped"]
+    assert len(world.smtp.sent) == 2
+
+
+def test_deliver_of_an_already_sent_delivery_is_a_duplicate(world: World) -> None:
+    event = samples.user_registered()
+    handle_event(event, world.rt)
+
+    result = deliver(email_job(event).model_dump(mode="json"), world.rt)
+
+    assert result is not None
+    assert result.outcome == "duplicate"
+    assert len(world.smtp.sent) == 1
+
+
+def test_busy_claim_defers_with_the_same_attempt(world: World) -> None:
+    job = email_job(samples.user_registered(), attempt=2)
+    world.rt.ledger.claim(job.delivery.delivery_id)  # another worker is sending it
+
+    result = run_job(job, world.rt)
+
+    assert result.outcome == "deferred"
+    ((again, countdown),) = world.scheduler.scheduled
+    assert again == job
+    assert countdown == pytest.approx(DEFAULT_LEASE_SECONDS + 1, abs=1)
+    assert world.smtp.sent == []
+    assert world.dead_letters == []
+
+
+# --- failures ----------------------------------------------------------------------
+
+
+def test_transient_error_schedules_the_next_attempt(world: World) -> None:
+    world.smtp.failures.append(TransientError("421 4.7.0 try again later"))
+
+    (result,) = handle_event(samples.user_registered(), world.rt)
+
+    assert result.outcome == "retried"
+    assert result.error == "TransientError: 421 4.7.0 try again later"
+    ((retry, countdown),) = world.scheduler.scheduled
+    assert retry.attempt == 2
+    assert retry.delivery.delivery_id == result.delivery_id
+    assert 0 <= countdown <= BACKOFF_BASE
+    (record,) = retry.history
+    assert (record.attempt, record.error) == (1, "TransientError: 421 4.7.0 try again later")
+    assert world.dead_letters == []
+
+
+def test_transient_error_releases_the_claim(world: World) -> None:
+    world.smtp.failures.append(TransientError("421 4.7.0 try again later"))
+
+    (result,) = handle_event(samples.user_registered(), world.rt)
+
+    assert world.rt.ledger.state(result.delivery_id) is None
+
+
+def test_retry_succeeds_on_the_next_attempt(world: World) -> None:
+    world.smtp.failures.append(TransientError("421 4.7.0 try again later"))
+    handle_event(samples.user_registered(), world.rt)
+    ((retry, _),) = world.scheduler.scheduled
+
+    result = deliver(retry.model_dump(mode="json"), world.rt)
+
+    assert result is not None
+    assert result.outcome == "sent"
+    assert len(world.smtp.sent) == 1
+
+
+def test_transient_error_on_the_last_attempt_gives_up(world: World) -> None:
+    world.smtp.failures.append(TransientError("421 4.7.0 try again later"))
+    job = email_job(samples.user_registered(), attempt=MAX_ATTEMPTS)
+
+    result = run_job(job, world.rt)
+
+    assert result.outcome == "dead"
+    assert world.scheduler.scheduled == []
+    (entry,) = world.dead_letters
+    assert entry.status == "failed"
+    assert entry.id == job.delivery.delivery_id
+    assert "gave up after 3 attempts" in entry.error
+    assert entry.error.startswith("TransientError: 421 4.7.0 try again later")
+    assert world.rt.ledger.state(job.delivery.delivery_id) is None
+
+
+def test_dead_entry_keeps_the_history_of_every_attempt(world: World) -> None:
+    event = samples.user_registered()
+    world.smtp.failures.extend(TransientError(f"421 busy {n}") for n in range(MAX_ATTEMPTS))
+    handle_event(event, world.rt)
+    while world.scheduler.scheduled:
+        job, _ = world.scheduler.scheduled.pop(0)
+        deliver(job.model_dump(mode="json"), world.rt)
+
+    (entry,) = world.dead_letters
+    assert [record.attempt for record in entry.history] == [1, 2, 3]
+    assert entry.attempts == MAX_ATTEMPTS
+    assert entry.delivery == email_job(event).delivery
+    assert world.smtp.sent == []
+
+
+def test_permanent_error_dead_letters_at_once(world: World) -> None:
+    world.smtp.failures.append(PermanentError("550 5.1.1 user unknown"))
+
+    (result,) = handle_event(samples.user_registered(), world.rt)
+
+    assert result.outcome == "dead"
+    assert world.scheduler.scheduled == []
+    (entry,) = world.dead_letters
+    assert (entry.status, entry.error) == ("failed", "PermanentError: 550 5.1.1 user unknown")
+    assert entry.attempts == 1
+    assert world.rt.ledger.state(result.delivery_id) is None
+
+
+def test_missing_sender_setting_dead_letters_at_once(make_world: MakeWorld) -> None:
+    world = make_world(mail_default_sender=None)
+
+    (result,) = handle_event(samples.user_registered(), world.rt)
+
+    assert result.outcome == "dead"
+    assert world.scheduler.scheduled == []
+    (entry,) = world.dead_letters
+    assert entry.error.startswith("ConfigurationError: MAIL_DEFAULT_SENDER is not set")
+
+
+def test_permanent_sms_error_dead_letters_at_once(sms_world: World) -> None:
+    handle_event(samples.booking_created(), sms_world.rt)
+    ((job, _),) = sms_world.scheduler.scheduled
+    sms_world.scheduler.scheduled.clear()
+    sms_world.sms.failures.append(PermanentError("Twilio 400 (code 21211): invalid To"))
+
+    result = deliver(job.model_dump(mode="json"), sms_world.rt)
+
+    assert result is not None
+    assert result.outcome == "dead"
+    (entry,) = sms_world.dead_letters
+    assert (entry.channel, entry.status) == ("sms", "failed")
+
+
+# --- deadlines ---------------------------------------------------------------------
+
+
+def test_expired_password_reset_is_dead_lettered_unsent(make_world: MakeWorld) -> None:
+    event = samples.password_reset_requested()
+    too_late = occurred_at(event) + timedelta(hours=1, seconds=1)
+    world = make_world(clock=lambda: too_late)
+
+    (result,) = handle_event(event, world.rt)
+
+    assert result.outcome == "dead"
+    assert world.smtp.sent == []
+    assert world.scheduler.scheduled == []
+    (entry,) = world.dead_letters
+    assert entry.status == "expired"
+    assert entry.attempts == 0
+    assert world.rt.ledger.state(result.delivery_id) is None
+
+
+def test_password_reset_sent_late_states_the_time_left(make_world: MakeWorld) -> None:
+    event = samples.password_reset_requested()
+    half_an_hour_later = occurred_at(event) + timedelta(minutes=30)
+    world = make_world(clock=lambda: half_an_hour_later)
+
+    (result,) = handle_event(event, world.rt)
+
+    assert result.outcome == "sent"
+    (email,) = world.smtp.sent
+    text = email.message.get_body(("plain",))
+    assert text is not None
+    assert "expire in 30 minutes" in text.get_content()
+
+
+def test_delivery_without_a_deadline_is_sent_whenever(make_world: MakeWorld) -> None:
+    event = samples.user_registered()
+    world = make_world(clock=lambda: occurred_at(event) + timedelta(days=30))
+
+    (result,) = handle_event(event, world.rt)
+
+    assert result.outcome == "sent"
+
+
+def test_delivery_carries_its_deadline() -> None:
+    event = samples.password_reset_requested()
+
+    delivery: Delivery = email_job(event).delivery
+
+    assert delivery.not_after is not None
+    assert datetime.fromisoformat(delivery.not_after) == occurred_at(event) + timedelta(hours=1)
