@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 
 import pytest
 import redis
@@ -39,7 +40,7 @@ def notifier_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[
 
 def _gaps(at: list[str]) -> list[float]:
     moments = [datetime.fromisoformat(stamp) for stamp in at]
-    return [(later - earlier).total_seconds() for earlier, later in zip(moments, moments[1:], strict=False)]
+    return [(later - earlier).total_seconds() for earlier, later in pairwise(moments)]
 
 
 def test_an_smtp_outage_ends_in_dead_letters_that_replay_delivers_exactly_once(
