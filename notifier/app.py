@@ -11,7 +11,7 @@ import threading
 import weakref
 from typing import Any
 
-from celery import Celery
+from celery import Celery, Task
 from celery.signals import worker_process_shutdown
 
 import celeryconfig
@@ -46,6 +46,34 @@ class CeleryScheduler:
     def publish_event(self, event: dict[str, Any]) -> None:
         """Publish an event to ``notifier.handle_event`` as a producer would."""
         self.app.send_task(HANDLE_EVENT, args=[event], queue=keys.EVENTS_QUEUE)
+
+
+class NotifierTask(Task):  # type: ignore[type-arg]
+    """Base of our tasks: nothing a task fails on is acked away unrecorded."""
+
+    app: NotifierCelery
+
+    def poisoned(self, args: tuple[Any, ...]) -> bool:
+        """Dead-letter a message redelivered too often (it kills its worker); True if so.
+
+        Only redelivered messages are counted (kombu marks them when it puts
+        them back), so the first delivery costs no Redis round trip.
+        """
+        if not (self.request.delivery_info or {}).get("redelivered"):
+            return False
+        runtime = self.app.runtime
+        return pipeline.count_redelivery(self.name, str(self.request.id), args, runtime)
+
+    def on_failure(
+        self,
+        exc: Exception,
+        task_id: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        einfo: Any,
+    ) -> None:
+        """A crash, a bug or a hard time limit: Celery acks the message, so we keep it."""
+        pipeline.task_failed(self.name, args, kwargs, exc, self.app.runtime)
 
 
 class NotifierCelery(Celery):
@@ -84,9 +112,11 @@ def create_app(settings: Settings) -> NotifierCelery:
 
     # shared=False: otherwise Celery copies these closures into every app made
     # later in the process (tests make one per test), bound to the wrong settings.
-    @app.task(name=HANDLE_EVENT, shared=False)
-    def handle_event(*args: Any, **kwargs: Any) -> None:
+    @app.task(name=HANDLE_EVENT, shared=False, bind=True, base=NotifierTask)
+    def handle_event(self: NotifierTask, *args: Any, **kwargs: Any) -> None:
         """Validate, plan and start the deliveries of one event (the public entry point)."""
+        if self.poisoned(args):
+            return
         if len(args) != 1 or kwargs:
             # Not the contract's call shape: record it as rejected rather than
             # letting Celery fail the task (and ack it away) with a TypeError.
@@ -98,9 +128,11 @@ def create_app(settings: Settings) -> NotifierCelery:
             return
         pipeline.handle_event(args[0], app.runtime)
 
-    @app.task(name=DELIVER, shared=False)
-    def deliver(job: object) -> None:
+    @app.task(name=DELIVER, shared=False, bind=True, base=NotifierTask)
+    def deliver(self: NotifierTask, job: object) -> None:
         """Run one attempt of one delivery (retries, replays, SMS)."""
+        if self.poisoned((job,)):
+            return
         pipeline.deliver(job, app.runtime)
 
     _apps.add(app)

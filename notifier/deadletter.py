@@ -156,8 +156,12 @@ class DeadLetterStore:
         self._write(entry)
         return entry
 
-    def reject(self, raw: object, errors: list[str]) -> DeadLetter:
-        """Keep an invalid event with its validation errors (status ``rejected``)."""
+    def reject(self, raw: object, errors: list[str], *, status: Status = "rejected") -> DeadLetter:
+        """Keep an event we could not process, whole, with the reasons.
+
+        ``rejected``: invalid input. ``failed``: a valid-looking message whose
+        task crashed or kept killing its worker (replay publishes it again).
+        """
         if isinstance(raw, (bytes, bytearray)):
             raw = bytes(raw).decode("utf-8", "replace")
         try:
@@ -167,15 +171,16 @@ class DeadLetterStore:
         raw_dict = raw if isinstance(raw, dict) else {}
         event_id = raw_dict.get("event_id")
         event_type = raw_dict.get("type")
-        error = "InvalidEventError: " + "; ".join(errors)
+        prefix = "InvalidEventError" if status == "rejected" else "TaskFailed"
+        error = f"{prefix}: " + "; ".join(errors)
         now = _now()
         entry = DeadLetter(
             id=str(uuid.uuid4()),
-            status="rejected",
+            status=status,
             event_id=event_id if isinstance(event_id, str) else None,
             event_type=event_type if isinstance(event_type, str) else None,
             error=error,
-            fingerprint=fingerprint("InvalidEventError: " + "; ".join(sorted(errors))),
+            fingerprint=fingerprint(f"{prefix}: " + "; ".join(sorted(errors))),
             failed_at=now,
             first_failed_at=now,
             raw_event=text[:MAX_RAW_CHARS],

@@ -13,9 +13,12 @@ __all__ = [
     "PREFIX",
     "QUEUES",
     "SMS_QUEUE",
+    "STATS_OUTCOMES_TTL",
     "circuit",
     "dlq_entry",
     "ledger",
+    "redeliveries",
+    "stats_outcomes",
 ]
 
 PREFIX = "notifier:"
@@ -43,3 +46,17 @@ DLQ_INDEX = f"{PREFIX}dlq:index"
 def dlq_entry(entry_id: str) -> str:
     """One dead-letter entry, a JSON document."""
     return f"{PREFIX}dlq:entry:{entry_id}"
+
+
+def redeliveries(message_id: str) -> str:
+    """How often a Celery message was redelivered (poison detection); expires."""
+    return f"{PREFIX}redeliveries:{message_id}"
+
+
+def stats_outcomes(minute: int) -> str:
+    """Hash of delivery outcomes in one minute (epoch seconds // 60): ``channel:outcome`` → n."""
+    return f"{PREFIX}stats:outcomes:{minute}"
+
+
+STATS_OUTCOMES_TTL = 2 * 3600
+"""Seconds a minute's outcome hash is kept: ``notifier stats`` reads the last hour."""

@@ -14,10 +14,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from notifier import keys, metrics
 from notifier.channels import Receipt
 from notifier.channels.sms import segments
 from notifier.compose import compose_email, compose_sms
@@ -29,7 +30,19 @@ from notifier.logs import get_logger
 from notifier.planner import Delivery, plan, sms_fallback
 from notifier.runtime import Runtime
 
-__all__ = ["Job", "Outcome", "deliver", "handle_event", "reject", "replay", "run_job"]
+__all__ = [
+    "Job",
+    "Outcome",
+    "count_redelivery",
+    "deliver",
+    "handle_event",
+    "reject",
+    "replay",
+    "run_job",
+    "task_failed",
+]
+
+DELIVER_TASK = "notifier.deliver"
 
 OutcomeName = Literal[
     "sent", "duplicate", "queued", "skipped", "retried", "deferred", "dead", "fallback"
@@ -72,6 +85,7 @@ def handle_event(raw: object, rt: Runtime) -> list[Outcome]:
         reject(raw, exc.errors, rt)
         return []
     get_logger().debug("event.accepted", event_id=str(event.event_id), type=event.type)
+    metrics.record_event(event.type)
     outcomes = []
     for delivery in plan(event):
         job = Job(delivery=delivery)
@@ -91,6 +105,7 @@ def handle_event(raw: object, rt: Runtime) -> list[Outcome]:
 def reject(raw: object, errors: list[str], rt: Runtime) -> None:
     """Keep an input we cannot process in the dead-letter store (``rejected``) and log why."""
     entry = rt.dead_letters.reject(raw, errors)
+    metrics.record_delivery(None, entry.event_type, "rejected")
     get_logger().warning(
         "event.rejected",
         event_id=entry.event_id,
@@ -150,13 +165,16 @@ def _send(delivery: Delivery, rt: Runtime, now: datetime) -> Receipt:
             rendered = rt.renderer.email(delivery.template, context)
         sender = rt.sender()
         message = compose_email(delivery, rendered, sender, now)
-        return rt.smtp.send(message, sender=sender.addr_spec, recipient=delivery.address)
+        return metrics.timed_send(
+            lambda: rt.smtp.send(message, sender=sender.addr_spec, recipient=delivery.address)
+        )
     body = rt.renderer.sms(delivery.template, context)
     count, encoding = segments(body)
     get_logger().debug(
         "sms.segments", delivery_id=delivery.delivery_id, segments=count, encoding=encoding
     )
-    return rt.sms().send(compose_sms(delivery, body))
+    sms = rt.sms()
+    return metrics.timed_send(lambda: sms.send(compose_sms(delivery, body)))
 
 
 def _failed(job: Job, rt: Runtime, exc: NotifierError) -> Outcome:
@@ -207,6 +225,57 @@ def _alert_if_crowded(rt: Runtime) -> None:
         )
 
 
+def task_failed(
+    task_name: str, args: tuple[Any, ...], kwargs: dict[str, Any], exc: BaseException, rt: Runtime
+) -> None:
+    """Record a task that raised something we did not expect (a bug, a time limit).
+
+    Celery acks such a message (``task_acks_on_failure_or_timeout``), so it
+    would vanish: a delivery is dead-lettered with its history, anything
+    else (an event) is kept whole, status ``failed``, for replay.
+    """
+    error = _error_text(exc)
+    if task_name == DELIVER_TASK and len(args) == 1 and not kwargs:
+        try:
+            job = Job.model_validate(args[0])
+        except ValidationError:
+            pass
+        else:
+            record = AttemptRecord(attempt=job.attempt, at=_iso(rt.clock()), error=error)
+            _dead(
+                job.model_copy(update={"history": [*job.history, record]}),
+                rt,
+                error,
+                status="failed",
+            )
+            return
+    raw: object = args[0] if len(args) == 1 and not kwargs else {"args": list(args), **kwargs}
+    entry = rt.dead_letters.reject(raw, [f"{task_name} failed: {error}"], status="failed")
+    get_logger().error("task.failed", task=task_name, error=error, dead_letter_id=entry.id)
+    _alert_if_crowded(rt)
+
+
+def count_redelivery(task_name: str, message_id: str, args: tuple[Any, ...], rt: Runtime) -> bool:
+    """Count one more redelivery of a message; past the limit, dead-letter it and say True."""
+    key = keys.redeliveries(message_id)
+    with rt.redis.pipeline(transaction=True) as pipe:
+        pipe.incr(key)
+        # Long enough to see every redelivery (each waits a visibility timeout).
+        pipe.expire(
+            key,
+            rt.settings.notifier_visibility_timeout * (rt.settings.notifier_max_redeliveries + 2),
+        )
+        count = int(pipe.execute()[0])
+    if count <= rt.settings.notifier_max_redeliveries:
+        return False
+    poison = RuntimeError(
+        f"PoisonMessage: redelivered {count} times without finishing "
+        f"(limit NOTIFIER_MAX_REDELIVERIES={rt.settings.notifier_max_redeliveries})"
+    )
+    task_failed(task_name, args, {}, poison, rt)
+    return True
+
+
 def replay(entry: DeadLetter, rt: Runtime) -> str:
     """Send a dead letter back through the pipeline; say what was done.
 
@@ -236,6 +305,7 @@ def _iso(moment: datetime) -> str:
 
 def _log_outcome(job: Job, outcome: OutcomeName, **fields: object) -> None:
     delivery = job.delivery
+    metrics.record_delivery(delivery.channel, delivery.event_type, outcome)
     level = "warning" if outcome in ("retried", "dead") else "info"
     getattr(get_logger(), level)(
         f"delivery.{outcome}",

@@ -61,6 +61,7 @@ class Settings(BaseSettings):
     notifier_retry_backoff_max: float = Field(600.0, gt=0)
     notifier_visibility_timeout: int = Field(1800, ge=1)
     notifier_ledger_ttl: int = Field(604_800, ge=60)
+    notifier_max_redeliveries: int = Field(5, ge=1)
     notifier_circuit_cooldown: float = Field(30.0, ge=0)
     notifier_dlq_alert_threshold: int = Field(1000, ge=1)
     notifier_metrics_port: int = Field(9808, ge=0, le=65535)  # 0 = no metrics endpoint

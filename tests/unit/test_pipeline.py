@@ -18,7 +18,14 @@ from notifier.deadletter import DeadLetter, DeadLetterStore
 from notifier.errors import PermanentError, TransientError
 from notifier.events import parse_event
 from notifier.ledger import DEFAULT_LEASE_SECONDS, Ledger
-from notifier.pipeline import Job, deliver, handle_event, run_job
+from notifier.pipeline import (
+    Job,
+    count_redelivery,
+    deliver,
+    handle_event,
+    run_job,
+    task_failed,
+)
 from notifier.planner import Delivery, plan
 from notifier.runtime import Runtime
 from tests import samples
@@ -120,6 +127,8 @@ def make_world() -> Iterator[MakeWorld]:
         else:
             rt = Runtime(make_settings(**values), scheduler, clock=clock)
         redis = fakeredis.FakeRedis()
+        rt.redis.close()
+        rt.redis = redis
         rt.ledger = Ledger(redis, ttl=rt.settings.notifier_ledger_ttl)
         rt.dead_letters = DeadLetterStore(redis)
         world = World(rt=rt, scheduler=scheduler, smtp=FakeSmtp(), sms=FakeSms())
@@ -469,3 +478,52 @@ def test_delivery_carries_its_deadline() -> None:
 
     assert delivery.not_after is not None
     assert datetime.fromisoformat(delivery.not_after) == occurred_at(event) + timedelta(hours=1)
+
+
+# --- crashes and poison messages ------------------------------------------------------
+
+
+def test_a_crashed_deliver_task_is_dead_lettered_with_its_history(world: World) -> None:
+    job = email_job(samples.user_registered(), attempt=2)
+
+    task_failed("notifier.deliver", (job.model_dump(mode="json"),), {}, TimeoutError("x"), world.rt)
+
+    [entry] = world.dead_letters
+    assert entry.status == "failed"
+    assert entry.delivery == job.delivery
+    assert [record.attempt for record in entry.history] == [2]
+    assert entry.error == "TimeoutError: x"
+
+
+def test_a_crashed_handle_event_keeps_the_whole_event_for_replay(world: World) -> None:
+    event = samples.booking_created()
+
+    task_failed("notifier.handle_event", (event,), {}, MemoryError(), world.rt)
+
+    [entry] = world.dead_letters
+    assert entry.status == "failed"
+    assert entry.event_id == event["event_id"]
+    assert entry.raw_event is not None
+    assert '"booking_id": "b-42"' in entry.raw_event
+
+
+def test_redeliveries_up_to_the_limit_are_processed(make_world: MakeWorld) -> None:
+    world = make_world(notifier_max_redeliveries=2)
+    args = (samples.user_registered(),)
+
+    verdicts = [count_redelivery("notifier.handle_event", "m1", args, world.rt) for _ in range(2)]
+
+    assert verdicts == [False, False]
+    assert world.dead_letters == []
+
+
+def test_a_message_redelivered_past_the_limit_is_dead_lettered(make_world: MakeWorld) -> None:
+    world = make_world(notifier_max_redeliveries=2)
+    args = (samples.user_registered(),)
+
+    verdicts = [count_redelivery("notifier.handle_event", "m1", args, world.rt) for _ in range(3)]
+
+    assert verdicts == [False, False, True]
+    [entry] = world.dead_letters
+    assert "redelivered 3 times" in entry.error
+    assert entry.event_id == args[0]["event_id"]
