@@ -6,16 +6,26 @@ test); ``worker.py`` builds the production one from the environment.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import weakref
 from typing import Any
 
 from celery import Celery, Task
-from celery.signals import worker_process_shutdown
+from celery.signals import (
+    celeryd_init,
+    setup_logging,
+    task_postrun,
+    worker_process_shutdown,
+    worker_ready,
+    worker_shutdown,
+)
+from celery.worker.consumer import Consumer
 
 import celeryconfig
-from notifier import keys, pipeline
+from notifier import keys, metrics, pipeline
+from notifier.logs import configure_logging, route_stdlib_logging
 from notifier.runtime import Runtime
 from notifier.settings import Settings
 
@@ -25,6 +35,9 @@ HANDLE_EVENT = "notifier.handle_event"
 DELIVER = "notifier.deliver"
 
 _apps: weakref.WeakSet[NotifierCelery] = weakref.WeakSet()
+
+# Enough of an undecodable body to diagnose it; it can be arbitrarily large.
+MAX_UNDECODABLE_BYTES = 70_000
 
 
 class CeleryScheduler:
@@ -76,6 +89,27 @@ class NotifierTask(Task):  # type: ignore[type-arg]
         pipeline.task_failed(self.name, args, kwargs, exc, self.app.runtime)
 
 
+class NotifierConsumer(Consumer):
+    """Celery's consumer, keeping what it cannot decode instead of only logging it.
+
+    A body too deep or too broken for the JSON decoder never reaches a task;
+    Celery acks it with a CRITICAL log line. We record it as ``rejected`` first.
+    """
+
+    app: NotifierCelery
+
+    def on_decode_error(self, message: Any, exc: Exception) -> None:
+        """Dead-letter the undecodable body (truncated), then let Celery log and ack it."""
+        body = message.body
+        raw = body[:MAX_UNDECODABLE_BYTES] if isinstance(body, (bytes, str)) else repr(body)
+        problem = (
+            f"message body could not be decoded ({type(exc).__name__}: {exc}); "
+            f"content type {message.content_type!r}"
+        )
+        pipeline.reject(raw, [problem], self.app.runtime)
+        super().on_decode_error(message, exc)
+
+
 class NotifierCelery(Celery):
     """A Celery app that carries notifier's settings and its per-process Runtime."""
 
@@ -109,6 +143,8 @@ def create_app(settings: Settings) -> NotifierCelery:
     """A Celery app configured from ``settings`` with notifier's tasks registered."""
     app = NotifierCelery(settings, set_as_current=False)
     app.conf.update(celeryconfig.build(settings))
+    # Set here, not in celeryconfig: it names a class of this module.
+    app.conf.worker_consumer = f"{__name__}:NotifierConsumer"
 
     # shared=False: otherwise Celery copies these closures into every app made
     # later in the process (tests make one per test), bound to the wrong settings.
@@ -143,3 +179,63 @@ def create_app(settings: Settings) -> NotifierCelery:
 def _close_runtimes(**_: Any) -> None:
     for app in list(_apps):
         app.close_runtime()
+
+
+# -- operations (DESIGN.md §7): Celery's logging, the metrics endpoint, recent tallies.
+# Only a `celery worker` sends celeryd_init; an embedded worker (tests'
+# start_worker) leaves its host process's logging and ports alone.
+
+_worker_app: NotifierCelery | None = None
+_metrics_server: metrics.MetricsServer | None = None
+
+
+@celeryd_init.connect
+def _prepare_worker(instance: Any = None, options: Any = None, **_: Any) -> None:
+    global _worker_app
+    app = getattr(instance, "app", None)
+    if not isinstance(app, NotifierCelery):
+        return
+    _worker_app = app
+    # From the first line on (Celery's start-up warnings included), every
+    # line on stderr is ours: JSON in production, redacted.
+    configure_logging(app.settings)
+    route_stdlib_logging(app.settings, (options or {}).get("loglevel") or logging.INFO)
+    logging.captureWarnings(True)
+    # With a receiver connected Celery adds no handlers of its own.
+    setup_logging.connect(_keep_our_logging, dispatch_uid="notifier.logging")
+    if app.settings.notifier_metrics_port:
+        # Here, before the pool forks, so every child writes where the endpoint reads.
+        metrics.prepare_multiprocess()
+
+
+def _keep_our_logging(loglevel: Any = None, **_: Any) -> None:
+    if _worker_app is not None and loglevel:
+        logging.getLogger().setLevel(loglevel)
+
+
+@worker_ready.connect
+def _serve_metrics(**_: Any) -> None:
+    # After the pool's first fork: the children need not inherit the listening socket.
+    global _metrics_server
+    if _worker_app is not None and _metrics_server is None:
+        _metrics_server = metrics.serve(_worker_app.settings)
+
+
+@worker_shutdown.connect
+def _stop_metrics(sender: Any = None, **_: Any) -> None:
+    global _metrics_server
+    app = getattr(sender, "app", None)
+    if isinstance(app, NotifierCelery) and metrics.recent.pending():
+        # A solo or embedded worker's last tallies, while its runtime is still open.
+        metrics.recent.flush(app.runtime.redis)
+    server, _metrics_server = _metrics_server, None
+    if server is not None:
+        server.close()
+
+
+@task_postrun.connect
+def _flush_recent_outcomes(sender: Any = None, **_: Any) -> None:
+    # Batched: at most about one Redis round trip per process per second.
+    app = getattr(sender, "app", None)
+    if isinstance(app, NotifierCelery) and metrics.recent.pending():
+        metrics.recent.flush_soon(app.runtime.redis)

@@ -165,9 +165,13 @@ class DeadLetterStore:
         if isinstance(raw, (bytes, bytearray)):
             raw = bytes(raw).decode("utf-8", "replace")
         try:
-            text = raw if isinstance(raw, str) else json.dumps(raw, ensure_ascii=False)
+            # ASCII-escaped: a lone surrogate from a producer must not stop us
+            # from storing the very payload that was rejected for it.
+            text = raw if isinstance(raw, str) else json.dumps(raw, ensure_ascii=True)
         except (TypeError, ValueError, RecursionError):
             text = repr(raw)
+        text = _clean(text)
+        errors = [_clean(error) for error in errors]
         raw_dict = raw if isinstance(raw, dict) else {}
         event_id = raw_dict.get("event_id")
         event_type = raw_dict.get("type")
@@ -177,8 +181,8 @@ class DeadLetterStore:
         entry = DeadLetter(
             id=str(uuid.uuid4()),
             status=status,
-            event_id=event_id if isinstance(event_id, str) else None,
-            event_type=event_type if isinstance(event_type, str) else None,
+            event_id=_clean(event_id) if isinstance(event_id, str) else None,
+            event_type=_clean(event_type) if isinstance(event_type, str) else None,
             error=error,
             fingerprint=fingerprint(f"{prefix}: " + "; ".join(sorted(errors))),
             failed_at=now,
@@ -265,3 +269,8 @@ class DeadLetterStore:
 
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _clean(text: str) -> str:
+    """Text that encodes as UTF-8 whatever a producer sent (lone surrogates escaped)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")

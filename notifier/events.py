@@ -46,6 +46,7 @@ __all__ = [
     "Slot",
     "UserRegistered",
     "event_json_schema",
+    "json_type",
     "parse_event",
 ]
 
@@ -67,7 +68,9 @@ def _no_control_characters(value: str) -> str:
     # Category C* covers CR, LF, NUL, DEL, and the invisible format characters
     # (bidi overrides) that make a name lie about what it says.
     for char in value:
-        if unicodedata.category(char).startswith("C"):
+        category = unicodedata.category(char)
+        # Zl/Zp (U+2028, U+2029) are line breaks to some mail and JSON software.
+        if category.startswith("C") or category in ("Zl", "Zp"):
             raise ValueError(f"must not contain control characters (found {char!r})")
     return value
 
@@ -115,11 +118,20 @@ def _http_url(value: str) -> str:
     return value
 
 
+def _no_encoded_words(value: str) -> str:
+    # Mail software decodes "=?charset?b?...?=" in a display name; a name must
+    # say what it says, not smuggle header text (see compose._header_safe).
+    if "=?" in value and "?=" in value:
+        raise ValueError("must not contain RFC 2047 encoded-words (=?...?=)")
+    return value
+
+
 SingleLine = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
     AfterValidator(_no_control_characters),
 ]
+Name = Annotated[SingleLine, AfterValidator(_no_encoded_words)]
 EmailAddress = Annotated[
     str,
     StringConstraints(max_length=320),
@@ -143,7 +155,7 @@ class _Model(BaseModel):
 class Person(_Model):
     """Someone we notify: a fan, an admin, a registering user."""
 
-    name: SingleLine
+    name: Name
     email: EmailAddress
     phone: PhoneNumber | None = None
 
@@ -235,6 +247,8 @@ def _describe(exc: ValidationError, event_type: str) -> list[str]:
         if loc and loc[0] == event_type:
             loc = loc[1:]  # the union's tag, not a field
         message = error["msg"].removeprefix("Value error, ")
+        if "recursion limit exceeded" in message:
+            message = "event is nested too deeply"
         messages.append(f"{'.'.join(loc) or 'event'}: {message}")
     return messages
 
@@ -257,7 +271,7 @@ def parse_event(raw: object) -> Event:
         except RecursionError:
             raise InvalidEventError(["event is nested too deeply"]) from None
     if not isinstance(raw, dict):
-        raise InvalidEventError([f"event must be a JSON object, got {type(raw).__name__}"])
+        raise InvalidEventError([f"event must be a JSON object, got {json_type(raw)}"])
     try:
         compact = json.dumps(raw, separators=(",", ":"), ensure_ascii=False).encode()
     except (TypeError, ValueError) as exc:
@@ -284,6 +298,23 @@ def parse_event(raw: object) -> Event:
         return _EVENT_ADAPTER.validate_json(compact)
     except ValidationError as exc:
         raise InvalidEventError(_describe(exc, str(event_type))) from None
+
+
+def json_type(value: object) -> str:
+    """The JSON name of a decoded value's type, for error messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, (list, tuple)):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
 
 
 def _too_large(size: int) -> str:

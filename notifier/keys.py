@@ -17,8 +17,10 @@ __all__ = [
     "circuit",
     "dlq_entry",
     "ledger",
+    "rate_limit",
     "redeliveries",
     "stats_outcomes",
+    "throttle",
 ]
 
 PREFIX = "notifier:"
@@ -60,3 +62,13 @@ def stats_outcomes(minute: int) -> str:
 
 STATS_OUTCOMES_TTL = 2 * 3600
 """Seconds a minute's outcome hash is kept: ``notifier stats`` reads the last hour."""
+
+
+def rate_limit(rule: str, who: str, window: int) -> str:
+    """Deliveries counted against a per-recipient rule in one window (a set; expires)."""
+    return f"{PREFIX}ratelimit:{rule}:{who}:{window}"
+
+
+def throttle(provider: str, window: int) -> str:
+    """Sends through a provider in one window (a counter; expires)."""
+    return f"{PREFIX}throttle:{provider}:{window}"

@@ -24,7 +24,7 @@ from notifier.channels.sms import segments
 from notifier.compose import compose_email, compose_sms
 from notifier.deadletter import AttemptRecord, DeadLetter, Status
 from notifier.errors import InvalidEventError, NotifierError, PermanentError, TransientError
-from notifier.events import parse_event
+from notifier.events import json_type, parse_event
 from notifier.ledger import ClaimState
 from notifier.logs import get_logger
 from notifier.planner import Delivery, plan, sms_fallback
@@ -45,7 +45,15 @@ __all__ = [
 DELIVER_TASK = "notifier.deliver"
 
 OutcomeName = Literal[
-    "sent", "duplicate", "queued", "skipped", "retried", "deferred", "dead", "fallback"
+    "sent",
+    "duplicate",
+    "queued",
+    "skipped",
+    "retried",
+    "deferred",
+    "dead",
+    "fallback",
+    "rate_limited",
 ]
 
 
@@ -57,6 +65,8 @@ class Job(BaseModel):
     delivery: Delivery
     attempt: int = Field(1, ge=1)
     history: list[AttemptRecord] = Field(default_factory=list)
+    replayed: bool = False
+    """An operator replayed it: per-recipient rate limits were their call to override."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +89,10 @@ def handle_event(raw: object, rt: Runtime) -> list[Outcome]:
     An invalid event is rejected: logged, and kept in the dead-letter store
     with the reasons. It is never raised back to Celery (a retry cannot fix it).
     """
+    if not isinstance(raw, dict):
+        # JSON text is for the CLI and client; on the queue the contract is an object.
+        reject(raw, [f"event must be a JSON object, got {json_type(raw)}"], rt)
+        return []
     try:
         event = parse_event(raw)
     except InvalidEventError as exc:
@@ -146,6 +160,30 @@ def run_job(job: Job, rt: Runtime) -> Outcome:
         _log_outcome(job, "deferred", retry_in=round(claim.retry_after + 1.0, 1))
         return Outcome(delivery.delivery_id, "deferred")
 
+    rule = None
+    if not job.replayed:
+        rule = rt.recipient_limits.exceeded(
+            delivery_id=delivery.delivery_id,
+            template=delivery.template,
+            channel=delivery.channel,
+            address=delivery.address,
+            now=now.timestamp(),
+        )
+    if rule is not None:
+        rt.ledger.release(delivery.delivery_id, claim)
+        error = (
+            f"RateLimited: more than {rule.limit} {rule.name} per {rule.period}s "
+            "to this recipient (NOTIFIER_RATE_LIMITS)"
+        )
+        return _dead(job, rt, error, status="rate_limited", record=False)
+    wait = rt.throttles[delivery.channel].delay(now.timestamp())
+    if wait > 0:
+        # Over the provider's send rate: later, not never, and not an attempt.
+        rt.ledger.release(delivery.delivery_id, claim)
+        rt.scheduler.schedule(job, countdown=wait)
+        _log_outcome(job, "deferred", retry_in=round(wait, 3), reason="provider rate")
+        return Outcome(delivery.delivery_id, "deferred")
+
     try:
         receipt = _send(delivery, rt, now)
     except NotifierError as exc:
@@ -206,12 +244,13 @@ def _dead(job: Job, rt: Runtime, error: str, *, status: Status, record: bool = T
         history=history,
         fallback=fallback.delivery_id if fallback else None,
     )
-    _log_outcome(job, "dead", error=error, status=status, dead_letter_id=entry.id)
+    outcome: OutcomeName = "rate_limited" if status == "rate_limited" else "dead"
+    _log_outcome(job, outcome, error=error, status=status, dead_letter_id=entry.id)
     _alert_if_crowded(rt)
     if fallback is not None:
         rt.scheduler.schedule(Job(delivery=fallback), countdown=0)
         _log_outcome(job, "fallback", fallback_delivery_id=fallback.delivery_id)
-    return Outcome(job.delivery.delivery_id, "dead", error=error)
+    return Outcome(job.delivery.delivery_id, outcome, error=error)
 
 
 def _alert_if_crowded(rt: Runtime) -> None:
@@ -256,8 +295,13 @@ def task_failed(
 
 
 def count_redelivery(task_name: str, message_id: str, args: tuple[Any, ...], rt: Runtime) -> bool:
-    """Count one more redelivery of a message; past the limit, dead-letter it and say True."""
-    key = keys.redeliveries(message_id)
+    """Count one more redelivery of a message; past the limit, dead-letter it and say True.
+
+    A delivery job is counted by its ``delivery_id``, not by the message: a
+    redelivered job that finds its crashed predecessor's claim is deferred as
+    a new message, and a count per message would start from zero every time.
+    """
+    key = keys.redeliveries(_redelivery_subject(task_name, message_id, args))
     with rt.redis.pipeline(transaction=True) as pipe:
         pipe.incr(key)
         # Long enough to see every redelivery (each waits a visibility timeout).
@@ -276,6 +320,15 @@ def count_redelivery(task_name: str, message_id: str, args: tuple[Any, ...], rt:
     return True
 
 
+def _redelivery_subject(task_name: str, message_id: str, args: tuple[Any, ...]) -> str:
+    if task_name == DELIVER_TASK and len(args) == 1:
+        try:
+            return Job.model_validate(args[0]).delivery.delivery_id
+        except ValidationError:
+            pass
+    return message_id
+
+
 def replay(entry: DeadLetter, rt: Runtime) -> str:
     """Send a dead letter back through the pipeline; say what was done.
 
@@ -285,7 +338,8 @@ def replay(entry: DeadLetter, rt: Runtime) -> str:
     when the cause was fixed on our side (e.g. a newer worker).
     """
     if entry.delivery is not None:
-        rt.scheduler.schedule(Job(delivery=entry.delivery, history=entry.history), countdown=0)
+        job = Job(delivery=entry.delivery, history=entry.history, replayed=True)
+        rt.scheduler.schedule(job, countdown=0)
         return f"re-enqueued on {entry.channel}"
     if entry.raw_event is None:
         raise PermanentError("nothing to replay: the entry holds neither a delivery nor an event")
@@ -306,7 +360,7 @@ def _iso(moment: datetime) -> str:
 def _log_outcome(job: Job, outcome: OutcomeName, **fields: object) -> None:
     delivery = job.delivery
     metrics.record_delivery(delivery.channel, delivery.event_type, outcome)
-    level = "warning" if outcome in ("retried", "dead") else "info"
+    level = "warning" if outcome in ("retried", "dead", "rate_limited") else "info"
     getattr(get_logger(), level)(
         f"delivery.{outcome}",
         event_id=delivery.event_id,

@@ -22,6 +22,7 @@ from notifier.deadletter import DeadLetterStore
 from notifier.errors import ConfigurationError
 from notifier.ledger import Ledger
 from notifier.logs import configure_logging
+from notifier.ratelimit import RecipientLimiter, Throttle, parse_rate_limits
 from notifier.retry import RetryPolicy
 from notifier.settings import Settings
 from notifier.templates import Renderer
@@ -66,14 +67,17 @@ class Runtime:
         scheduler: Scheduler,
         *,
         clock: Callable[[], datetime] = _now,
+        client: redis.Redis | None = None,
     ) -> None:
         configure_logging(settings)
         self.settings = settings
         self.scheduler = scheduler
         self.clock = clock
-        self.redis = redis_client(settings)
+        self.redis = client if client is not None else redis_client(settings)
         self.renderer = Renderer(settings.notifier_template_dir)
-        self.ledger = Ledger(self.redis, ttl=settings.notifier_ledger_ttl)
+        self.ledger = Ledger(
+            self.redis, ttl=settings.notifier_ledger_ttl, lease=settings.notifier_claim_lease
+        )
         self.dead_letters = DeadLetterStore(self.redis)
         self.retry = RetryPolicy.from_settings(settings)
         fallback = SmtpProvider.fallback(settings)
@@ -82,6 +86,13 @@ class Runtime:
             SmtpChannel(fallback) if fallback else None,
             CircuitBreaker(self.redis, "smtp-primary", settings.notifier_circuit_cooldown),
         )
+        self.recipient_limits = RecipientLimiter(
+            self.redis, parse_rate_limits(settings.notifier_rate_limits)
+        )
+        self.throttles = {
+            "email": Throttle(self.redis, "smtp", settings.notifier_smtp_mps),
+            "sms": Throttle(self.redis, "twilio", settings.notifier_sms_mps),
+        }
         self._sms: SmsChannel | None = None
         self._sender: Address | None = None
 

@@ -15,6 +15,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from notifier.ratelimit import parse_rate_limits
+
 __all__ = ["Settings", "get_settings"]
 
 TWILIO_DEFAULT_BASE_URL = "https://api.twilio.com"
@@ -28,7 +30,8 @@ class Settings(BaseSettings):
         case_sensitive=False, extra="ignore", frozen=True, env_ignore_empty=True
     )
 
-    redis_url: str = "redis://localhost:6379/0"
+    # repr=False: the URL may carry a password (redis://:secret@host/0).
+    redis_url: str = Field("redis://localhost:6379/0", repr=False)
 
     mail_server: str = "localhost"
     mail_port: int = Field(587, ge=1, le=65535)
@@ -62,6 +65,12 @@ class Settings(BaseSettings):
     notifier_visibility_timeout: int = Field(1800, ge=1)
     notifier_ledger_ttl: int = Field(604_800, ge=60)
     notifier_max_redeliveries: int = Field(5, ge=1)
+    # Seconds a delivery's claim in the ledger outlives a crashed sender; the
+    # task time limits are derived from it (celeryconfig), so it always outlasts a send.
+    notifier_claim_lease: int = Field(300, ge=2)
+    notifier_rate_limits: str = "password_reset=5/h,sms=10/h"
+    notifier_sms_mps: float = Field(1.0, ge=0)  # long code 1, toll-free 3, short code 100
+    notifier_smtp_mps: float = Field(0.0, ge=0)  # 0 = the provider sets no quota
     notifier_circuit_cooldown: float = Field(30.0, ge=0)
     notifier_dlq_alert_threshold: int = Field(1000, ge=1)
     notifier_metrics_port: int = Field(9808, ge=0, le=65535)  # 0 = no metrics endpoint
@@ -79,6 +88,12 @@ class Settings(BaseSettings):
             raise ValueError("must be an origin only (scheme://host[:port]), without a path")
         return f"{parts.scheme}://{parts.netloc}"
 
+    @field_validator("notifier_rate_limits")
+    @classmethod
+    def _rate_limits_parse(cls, value: str) -> str:
+        parse_rate_limits(value)  # raises ValueError with the offending rule
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         if self.mail_use_tls and self.mail_use_ssl:
@@ -93,6 +108,13 @@ class Settings(BaseSettings):
             raise ValueError(
                 "NOTIFIER_VISIBILITY_TIMEOUT must exceed NOTIFIER_RETRY_BACKOFF_MAX "
                 f"({self.notifier_visibility_timeout} <= {self.notifier_retry_backoff_max})"
+            )
+        if self.notifier_visibility_timeout <= self.notifier_claim_lease + 1:
+            # A delivery claimed by another worker is looked at again once the
+            # lease runs out (a countdown of lease + 1 s): the same rule applies.
+            raise ValueError(
+                "NOTIFIER_VISIBILITY_TIMEOUT must exceed NOTIFIER_CLAIM_LEASE + 1 "
+                f"({self.notifier_visibility_timeout} <= {self.notifier_claim_lease} + 1)"
             )
         return self
 

@@ -185,9 +185,11 @@ def main() -> None:
 
 
 def _register_groups() -> None:
-    from notifier.cli import dlq
+    from notifier.cli import dlq, ops
 
     app.add_typer(dlq.app, name="dlq")
+    app.command()(ops.health)
+    app.command()(ops.stats)
 
 
 _register_groups()

@@ -69,6 +69,7 @@ def settings_for(
             "notifier_retry_backoff_max": 0.2,
             "notifier_retry_max_attempts": 3,
             "notifier_log_format": "console",
+            "notifier_sms_mps": 0,  # Twilio's 1/s would slow every test; tested on its own
         }
         values.update(overrides)
         return make_settings(**values)

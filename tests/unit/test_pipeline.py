@@ -14,10 +14,10 @@ import pytest
 
 from notifier.channels import Receipt
 from notifier.compose import SmsMessage
-from notifier.deadletter import DeadLetter, DeadLetterStore
+from notifier.deadletter import DeadLetter
 from notifier.errors import PermanentError, TransientError
 from notifier.events import parse_event
-from notifier.ledger import DEFAULT_LEASE_SECONDS, Ledger
+from notifier.ledger import DEFAULT_LEASE_SECONDS
 from notifier.pipeline import (
     Job,
     count_redelivery,
@@ -119,18 +119,16 @@ def make_world() -> Iterator[MakeWorld]:
         values: dict[str, Any] = {
             "notifier_retry_max_attempts": MAX_ATTEMPTS,
             "notifier_retry_backoff_base": BACKOFF_BASE,
+            "notifier_sms_mps": 0,  # no provider throttle unless a test sets one
             **settings,
         }
         scheduler = RecordingScheduler()
-        if clock is None:
-            rt = Runtime(make_settings(**values), scheduler)
-        else:
-            rt = Runtime(make_settings(**values), scheduler, clock=clock)
         redis = fakeredis.FakeRedis()
-        rt.redis.close()
-        rt.redis = redis
-        rt.ledger = Ledger(redis, ttl=rt.settings.notifier_ledger_ttl)
-        rt.dead_letters = DeadLetterStore(redis)
+        settings_ = make_settings(**values)
+        if clock is None:
+            rt = Runtime(settings_, scheduler, client=redis)
+        else:
+            rt = Runtime(settings_, scheduler, clock=clock, client=redis)
         world = World(rt=rt, scheduler=scheduler, smtp=FakeSmtp(), sms=FakeSms())
         rt.smtp = world.smtp  # type: ignore[assignment]
         rt._sms = world.sms  # type: ignore[assignment]

@@ -119,6 +119,7 @@ def test_retry_settings_are_read_from_the_environment(monkeypatch: pytest.Monkey
     monkeypatch.setenv("NOTIFIER_RETRY_BACKOFF_BASE", "0.5")
     monkeypatch.setenv("NOTIFIER_RETRY_BACKOFF_MAX", "60")
     monkeypatch.setenv("NOTIFIER_VISIBILITY_TIMEOUT", "120")
+    monkeypatch.setenv("NOTIFIER_CLAIM_LEASE", "60")
 
     loaded = Settings()
 

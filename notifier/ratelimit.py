@@ -1,0 +1,124 @@
+"""Abuse limits: per-recipient caps, and per-provider send rates. Shared through Redis.
+
+Per recipient (``NOTIFIER_RATE_LIMITS``, default ``password_reset=5/h,sms=10/h``):
+a rule names a template or a channel and allows ``count`` distinct
+deliveries to one address per fixed window of ``period``. A delivery over the
+cap is not sent; it is dead-lettered as ``rate_limited`` (an operator may
+replay it). Deliveries are counted once however often they are retried.
+
+Per provider (``NOTIFIER_SMS_MPS``, ``NOTIFIER_SMTP_MPS``): messages per second
+across all workers. A delivery over the rate is delayed, never dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import time
+from dataclasses import dataclass
+
+import redis
+
+from notifier import keys
+
+__all__ = ["RateRule", "RecipientLimiter", "Throttle", "parse_rate_limits"]
+
+_PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_RULE = re.compile(r"^\s*([a-z0-9_.-]+)\s*=\s*(\d+)\s*/\s*(\d*)\s*([smhd])\s*$")
+
+
+@dataclass(frozen=True, slots=True)
+class RateRule:
+    """At most ``limit`` deliveries of ``name`` (a template or a channel) per address per period."""
+
+    name: str
+    limit: int
+    period: int
+
+
+def parse_rate_limits(spec: str) -> tuple[RateRule, ...]:
+    """Parse ``password_reset=5/h,sms=10/h`` (periods: s, m, h, d, optionally ``15m``).
+
+    ``none`` turns every per-recipient limit off (an empty value would mean
+    "unset", i.e. the default).
+    """
+    if spec.strip().lower() == "none":
+        return ()
+    rules = []
+    for part in filter(None, (piece.strip() for piece in spec.split(","))):
+        match = _RULE.match(part)
+        if not match:
+            raise ValueError(
+                f"rate limit {part!r} is not NAME=COUNT/PERIOD "
+                "(e.g. password_reset=5/h, sms=10/30m)"
+            )
+        name, limit, multiple, unit = match.groups()
+        rules.append(RateRule(name, int(limit), int(multiple or 1) * _PERIODS[unit]))
+    return tuple(rules)
+
+
+# Admit a delivery once per window: already counted → yes; room left → count it.
+_ADMIT = """
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then
+  return 1
+end
+if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[2]) then
+  return 0
+end
+redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+
+class RecipientLimiter:
+    """Checks the per-recipient rules for one delivery."""
+
+    def __init__(self, client: redis.Redis, rules: tuple[RateRule, ...]) -> None:
+        self.rules = rules
+        self._admit = client.register_script(_ADMIT)
+
+    def exceeded(
+        self, *, delivery_id: str, template: str, channel: str, address: str, now: float
+    ) -> RateRule | None:
+        """The first rule this delivery would break, or None (and then it is counted)."""
+        # Hash the address: Redis keys should not hold personal data in clear.
+        who = hashlib.sha256(address.strip().lower().encode()).hexdigest()[:24]
+        for rule in self.rules:
+            if rule.name not in (template, channel):
+                continue
+            window = int(now // rule.period)
+            key = keys.rate_limit(rule.name, who, window)
+            if not self._admit(keys=[key], args=[delivery_id, rule.limit, rule.period * 2]):
+                return rule
+        return None
+
+
+class Throttle:
+    """A provider's send rate: at most ``per_second`` sends per second, across workers."""
+
+    def __init__(self, client: redis.Redis, name: str, per_second: float) -> None:
+        self._redis = client
+        self.name = name
+        self.per_second = per_second
+
+    def delay(self, now: float | None = None) -> float:
+        """0 when a send may go now (and it is counted), else seconds to wait."""
+        if self.per_second <= 0:
+            return 0.0
+        now = time.time() if now is None else now
+        # Windows of one second, or longer for rates below 1/s (0.5/s = 1 per 2 s).
+        span = max(1.0, 1.0 / self.per_second)
+        window = math.floor(now / span)
+        allowed = max(1, round(self.per_second * span))
+        key = keys.throttle(self.name, window)
+        with self._redis.pipeline(transaction=True) as pipe:
+            pipe.incr(key)
+            pipe.expire(key, int(span) + 2)
+            count = int(pipe.execute()[0])
+        if count <= allowed:
+            return 0.0
+        # Spread the overflow over the next windows instead of all at the next edge.
+        windows_ahead = (count - 1) // allowed
+        return (window + windows_ahead) * span - now
