@@ -110,6 +110,7 @@ def handle_event(raw: object, rt: Runtime) -> list[Outcome]:
                 continue
             # SMS are throttled per sender by Twilio: they get a queue of their own.
             rt.scheduler.schedule(job, countdown=0)
+            _log_outcome(job, "queued")
             outcomes.append(Outcome(delivery.delivery_id, "queued"))
             continue
         outcomes.append(run_job(job, rt))
@@ -290,6 +291,7 @@ def task_failed(
             return
     raw: object = args[0] if len(args) == 1 and not kwargs else {"args": list(args), **kwargs}
     entry = rt.dead_letters.reject(raw, [f"{task_name} failed: {error}"], status="failed")
+    metrics.record_delivery(None, entry.event_type, "dead")
     get_logger().error("task.failed", task=task_name, error=error, dead_letter_id=entry.id)
     _alert_if_crowded(rt)
 
