@@ -45,7 +45,7 @@ from email.message import EmailMessage
 from email.parser import BytesParser
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Any, Literal, Self, cast
+from typing import Any, Generic, Literal, Self, TypeVar, cast
 
 import redis
 import redis.exceptions
@@ -127,6 +127,60 @@ def _check_failure_code(code: int) -> None:
 
 
 # --------------------------------------------------------------------------- SMTP
+
+
+_Item = TypeVar("_Item")
+
+
+class _Recorder(Generic[_Item]):
+    """What the SMTP sink and the Twilio stand-in share: start/stop as a context
+    manager, and a thread-safe record of what arrived that tests can wait on."""
+
+    _noun = "item(s)"
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._messages: list[_Item] = []
+
+    def start(self) -> None:
+        """Start serving (subclasses)."""
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Stop serving (subclasses)."""
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def messages(self) -> list[_Item]:
+        """A snapshot copy of what was accepted since creation or ``clear()``."""
+        with self._cond:
+            return list(self._messages)
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[_Item]:
+        """Block until at least ``count`` have arrived; return them all.
+
+        Raises :class:`TimeoutError` naming how many arrived if ``timeout``
+        seconds pass first.
+        """
+        with self._cond:
+            if not self._cond.wait_for(lambda: len(self._messages) >= count, timeout):
+                raise TimeoutError(
+                    f"{type(self).__name__}: expected {count} {self._noun} within "
+                    f"{timeout:g}s, {len(self._messages)} arrived"
+                )
+            return list(self._messages)
 
 
 @dataclass(frozen=True)
@@ -288,7 +342,7 @@ class _SinkController(Controller):
         await asyncio.sleep(0)
 
 
-class SmtpSink:
+class SmtpSink(_Recorder[ReceivedEmail]):
     """In-process aiosmtpd server recording every message.
 
     Start it with :meth:`start` or a ``with`` block; point the code under test
@@ -318,6 +372,8 @@ class SmtpSink:
     connections are dropped by aiosmtpd after 300 seconds.
     """
 
+    _noun = "message(s)"
+
     def __init__(
         self,
         *,
@@ -345,8 +401,7 @@ class SmtpSink:
         self._eml_dir = eml_dir
         self._delay = delay
 
-        self._cond = threading.Condition()
-        self._messages: list[ReceivedEmail] = []
+        super().__init__()
         self._failures: dict[str, collections.deque[str]] = {
             stage: collections.deque() for stage in _SMTP_STAGES
         }
@@ -431,45 +486,13 @@ class SmtpSink:
             log.warning("SmtpSink: could not abort open connections in time")
         controller.stop()
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
     # -- what arrived
-
-    @property
-    def messages(self) -> list[ReceivedEmail]:
-        """A snapshot copy of the messages accepted since creation or :meth:`clear`."""
-        with self._cond:
-            return list(self._messages)
 
     @property
     def connections(self) -> int:
         """Number of SMTP connections accepted so far (not reset by :meth:`clear`)."""
         with self._cond:
             return self._connections
-
-    def wait_for(self, count: int, timeout: float = 10.0) -> list[ReceivedEmail]:
-        """Block until at least ``count`` messages have arrived; return them all.
-
-        Raises :class:`TimeoutError` naming how many arrived if ``timeout``
-        seconds pass first.
-        """
-        with self._cond:
-            if not self._cond.wait_for(lambda: len(self._messages) >= count, timeout):
-                raise TimeoutError(
-                    f"SmtpSink: expected {count} message(s) within {timeout:g}s, "
-                    f"{len(self._messages)} arrived"
-                )
-            return list(self._messages)
 
     # -- misbehaving on purpose
 
@@ -673,7 +696,7 @@ class _TwilioRequestHandler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
 
 
-class TwilioStandIn:
+class TwilioStandIn(_Recorder[ReceivedSms]):
     """Local HTTP stand-in for the Twilio Messages API.
 
     Answers ``POST /2010-04-01/Accounts/{sid}/Messages.json`` like Twilio:
@@ -704,6 +727,8 @@ class TwilioStandIn:
     (``127.0.0.1`` becomes ``127.<region>.0.1``).
     """
 
+    _noun = "SMS"
+
     def __init__(
         self,
         *,
@@ -723,8 +748,7 @@ class TwilioStandIn:
         self._json_dir = json_dir
         self._delay = delay
 
-        self._cond = threading.Condition()
-        self._messages: list[ReceivedSms] = []
+        super().__init__()
         self._failures: collections.deque[tuple[int, int, str]] = collections.deque()
         self._requests = 0
         self._sequence = 0
@@ -781,45 +805,13 @@ class TwilioStandIn:
         if thread is not None:
             thread.join(timeout=5)
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
     # -- what arrived
-
-    @property
-    def messages(self) -> list[ReceivedSms]:
-        """A snapshot copy of the SMS accepted since creation or :meth:`clear`."""
-        with self._cond:
-            return list(self._messages)
 
     @property
     def requests(self) -> int:
         """Number of HTTP requests received, failed ones included (not reset by clear)."""
         with self._cond:
             return self._requests
-
-    def wait_for(self, count: int, timeout: float = 10.0) -> list[ReceivedSms]:
-        """Block until at least ``count`` SMS were accepted; return them all.
-
-        Raises :class:`TimeoutError` naming how many arrived if ``timeout``
-        seconds pass first.
-        """
-        with self._cond:
-            if not self._cond.wait_for(lambda: len(self._messages) >= count, timeout):
-                raise TimeoutError(
-                    f"TwilioStandIn: expected {count} SMS within {timeout:g}s, "
-                    f"{len(self._messages)} arrived"
-                )
-            return list(self._messages)
 
     # -- misbehaving on purpose
 
