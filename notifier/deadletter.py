@@ -17,7 +17,7 @@ import json
 import re
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -26,9 +26,18 @@ import redis
 from pydantic import BaseModel, ConfigDict, Field
 
 from notifier import keys
+from notifier.errors import NotifierError
 from notifier.planner import Delivery
 
-__all__ = ["AttemptRecord", "DeadLetter", "DeadLetterStore", "Filter", "Status", "fingerprint"]
+__all__ = [
+    "AttemptRecord",
+    "DeadLetter",
+    "DeadLetterStore",
+    "Filter",
+    "ReplayResult",
+    "Status",
+    "fingerprint",
+]
 
 Status = Literal["failed", "rejected", "expired", "rate_limited"]
 
@@ -69,6 +78,15 @@ class DeadLetter(BaseModel):
     history: list[AttemptRecord] = Field(default_factory=list)
     fallback: str | None = None
     """Delivery id of the email sent in place of this failed SMS, if one was."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayResult:
+    """What replaying one entry did (``done``), or why it could not (``error``)."""
+
+    entry_id: str
+    done: str | None = None
+    error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,6 +266,36 @@ class DeadLetterStore:
     def restore(self, entry: DeadLetter) -> None:
         """Put back an entry that was taken but could not be replayed."""
         self._write(entry)
+
+    def replay(
+        self, entries: Iterable[DeadLetter], replayer: Callable[[DeadLetter], str]
+    ) -> list[ReplayResult]:
+        """Take each entry out and hand it to ``replayer`` (``pipeline.replay``).
+
+        Taking is atomic, so of several concurrent replays exactly one gets an
+        entry; an entry the replayer could not hand over is put back, never
+        lost. Entries another replay took first are left out of the results.
+        """
+        results = []
+        for entry in entries:
+            taken = self.take(entry.id)
+            if taken is None:
+                continue
+            try:
+                done = replayer(taken)
+            except NotifierError as exc:
+                self.restore(taken)
+                results.append(ReplayResult(taken.id, error=f"{type(exc).__name__}: {exc}"))
+                continue
+            except BaseException:
+                self.restore(taken)
+                raise
+            results.append(ReplayResult(taken.id, done=done))
+        return results
+
+    def purge(self, entries: Iterable[DeadLetter]) -> int:
+        """Delete entries for good; how many existed."""
+        return sum(self.remove(entry.id) for entry in entries)
 
     def stats(self) -> dict[str, Any]:
         """Counts by status, channel, event type and error fingerprint."""

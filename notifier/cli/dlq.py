@@ -191,7 +191,6 @@ def replay(
     and the idempotency ledger stops a delivery that was already sent.
     """
     from notifier.app import create_app
-    from notifier.errors import NotifierError
     from notifier.pipeline import replay as replay_entry
     from notifier.settings import get_settings
 
@@ -205,24 +204,14 @@ def replay(
         typer.echo(f"{len(entries)} would be replayed")
         return
     runtime = create_app(get_settings()).runtime
-    replayed = failed = 0
-    for entry in entries:
-        taken = store.take(entry.id)
-        if taken is None:
-            continue  # another replay got it first
-        try:
-            what = replay_entry(taken, runtime)
-        except NotifierError as exc:
-            store.restore(taken)
-            failed += 1
-            typer.echo(f"error: {taken.id}: {exc}", err=True)
-            continue
-        except Exception:
-            store.restore(taken)  # never lose an entry to a broker error; then fail loudly
-            raise
-        replayed += 1
-        typer.echo(f"replayed {taken.id}: {what}")
-    typer.echo(f"{replayed} replayed, {failed} could not be replayed")
+    results = store.replay(entries, lambda entry: replay_entry(entry, runtime))
+    for result in results:
+        if result.error:
+            typer.echo(f"error: {result.entry_id}: {result.error}", err=True)
+        else:
+            typer.echo(f"replayed {result.entry_id}: {result.done}")
+    failed = sum(1 for result in results if result.error)
+    typer.echo(f"{len(results) - failed} replayed, {failed} could not be replayed")
     if failed:
         raise typer.Exit(1)
 
@@ -246,8 +235,7 @@ def purge(
     if not yes:
         typer.echo(f"{len(entries)} entries match; add --yes to delete them", err=True)
         raise typer.Exit(1)
-    removed = sum(store.remove(entry.id) for entry in entries)
-    typer.echo(f"{removed} purged")
+    typer.echo(f"{store.purge(entries)} purged")
 
 
 @app.command()

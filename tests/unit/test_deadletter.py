@@ -8,7 +8,8 @@ from datetime import datetime
 import fakeredis
 import pytest
 
-from notifier.deadletter import AttemptRecord, DeadLetterStore, fingerprint
+from notifier.deadletter import AttemptRecord, DeadLetter, DeadLetterStore, fingerprint
+from notifier.errors import PublishError
 from notifier.events import parse_event
 from notifier.planner import Delivery, plan
 from tests import samples
@@ -307,3 +308,69 @@ def test_rejects_with_the_same_errors_in_any_order_share_a_fingerprint(
     second = store.reject({}, ["event_id: Field required", "type: missing"])
 
     assert first.fingerprint == second.fingerprint
+
+
+# --- replay and purge -------------------------------------------------------------
+
+
+def test_replay_hands_each_entry_over_and_removes_it(store: DeadLetterStore) -> None:
+    items = deliveries(2)
+    for item in items:
+        store.add_delivery(item, status="failed", error=ERROR, history=[record(1)])
+    handed: list[str] = []
+
+    def replayer(entry: DeadLetter) -> str:
+        handed.append(entry.id)
+        return "re-enqueued"
+
+    results = store.replay(list(store), replayer)
+
+    assert [result.done for result in results] == ["re-enqueued", "re-enqueued"]
+    assert sorted(handed) == sorted(d.delivery_id for d in items)
+    assert store.count() == 0
+
+
+def test_replay_puts_back_an_entry_it_could_not_hand_over(
+    store: DeadLetterStore, delivery: Delivery
+) -> None:
+    entry = store.add_delivery(delivery, status="failed", error=ERROR, history=[record(1)])
+
+    def broker_down(_: DeadLetter) -> str:
+        raise PublishError("broker did not accept the job")
+
+    [result] = store.replay([entry], broker_down)
+
+    assert result.error == "PublishError: broker did not accept the job"
+    assert store.get(entry.id) == entry
+
+
+def test_replay_puts_back_an_entry_before_an_unexpected_error_escapes(
+    store: DeadLetterStore, delivery: Delivery
+) -> None:
+    entry = store.add_delivery(delivery, status="failed", error=ERROR, history=[record(1)])
+
+    def bug(_: DeadLetter) -> str:
+        raise KeyError("bug")
+
+    with pytest.raises(KeyError):
+        store.replay([entry], bug)
+    assert store.get(entry.id) == entry
+
+
+def test_replay_skips_an_entry_another_replay_took_first(
+    store: DeadLetterStore, delivery: Delivery
+) -> None:
+    entry = store.add_delivery(delivery, status="failed", error=ERROR, history=[record(1)])
+    assert store.take(entry.id) is not None  # the other operator's replay
+
+    assert store.replay([entry], lambda _: "re-enqueued") == []
+
+
+def test_purge_deletes_and_counts(store: DeadLetterStore) -> None:
+    entries = [
+        store.add_delivery(item, status="failed", error=ERROR, history=[record(1)])
+        for item in deliveries(3)
+    ]
+
+    assert store.purge(entries[:2]) == 2
+    assert [entry.id for entry in store] == [entries[2].id]
