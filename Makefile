@@ -21,7 +21,7 @@ test: $(STAMP)
 	$(BIN)/pytest
 
 test-fast: $(STAMP)
-	$(BIN)/pytest -m "not integration"
+	$(BIN)/pytest -m "not integration and not reliability"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -6,13 +6,17 @@ test); ``worker.py`` builds the production one from the environment.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import weakref
+from collections.abc import Iterator
 from typing import Any
 
+import redis
 from celery import Celery, Task
+from celery.exceptions import Reject
 from celery.signals import (
     celeryd_init,
     setup_logging,
@@ -22,9 +26,11 @@ from celery.signals import (
     worker_shutdown,
 )
 from celery.worker.consumer import Consumer
+from kombu.exceptions import OperationalError
 
 import celeryconfig
 from notifier import keys, metrics, pipeline
+from notifier.errors import PublishError
 from notifier.logs import configure_logging, route_stdlib_logging
 from notifier.runtime import Runtime
 from notifier.settings import Settings
@@ -40,6 +46,16 @@ _apps: weakref.WeakSet[NotifierCelery] = weakref.WeakSet()
 MAX_UNDECODABLE_BYTES = 70_000
 
 
+@contextlib.contextmanager
+def _broker_errors() -> Iterator[None]:
+    # Our PublishError (a NotifierError) instead of kombu's: callers such as
+    # replay can then tell "not enqueued, put it back" from a bug.
+    try:
+        yield
+    except (OperationalError, redis.RedisError, OSError) as exc:
+        raise PublishError(f"broker did not accept the job: {type(exc).__name__}: {exc}") from exc
+
+
 class CeleryScheduler:
     """Schedules ``notifier.deliver`` jobs on the channel's queue."""
 
@@ -49,16 +65,18 @@ class CeleryScheduler:
     def schedule(self, job: pipeline.Job, countdown: float) -> None:
         """Publish the job; ``countdown`` seconds later a worker runs it."""
         queue = keys.EMAIL_QUEUE if job.delivery.channel == "email" else keys.SMS_QUEUE
-        self.app.send_task(
-            DELIVER,
-            args=[job.model_dump(mode="json")],
-            queue=queue,
-            countdown=countdown if countdown > 0 else None,
-        )
+        with _broker_errors():
+            self.app.send_task(
+                DELIVER,
+                args=[job.model_dump(mode="json")],
+                queue=queue,
+                countdown=countdown if countdown > 0 else None,
+            )
 
     def publish_event(self, event: dict[str, Any]) -> None:
         """Publish an event to ``notifier.handle_event`` as a producer would."""
-        self.app.send_task(HANDLE_EVENT, args=[event], queue=keys.EVENTS_QUEUE)
+        with _broker_errors():
+            self.app.send_task(HANDLE_EVENT, args=[event], queue=keys.EVENTS_QUEUE)
 
 
 class NotifierTask(Task):  # type: ignore[type-arg]
@@ -85,8 +103,15 @@ class NotifierTask(Task):  # type: ignore[type-arg]
         kwargs: dict[str, Any],
         einfo: Any,
     ) -> None:
-        """A crash, a bug or a hard time limit: Celery acks the message, so we keep it."""
-        pipeline.task_failed(self.name, args, kwargs, exc, self.app.runtime)
+        """A crash, a bug or a hard time limit: Celery acks the message, so we keep it.
+
+        If it cannot be kept (Redis unreachable or refusing writes), the message
+        goes back to its queue instead: acked, it would vanish with no trace.
+        """
+        try:
+            pipeline.task_failed(self.name, args, kwargs, exc, self.app.runtime)
+        except (redis.RedisError, OperationalError, PublishError) as error:
+            raise Reject(f"failure not recorded ({error!r}): requeued", requeue=True) from error
 
 
 class NotifierConsumer(Consumer):

@@ -76,6 +76,11 @@ def _header_safe(value: str, what: str) -> str:
     encoded CR/LF would become a real one: a second header, or the start of
     the body. Checking the decoded form closes that door too.
     """
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate from a stored delivery: no mail software can carry it.
+        raise PermanentError(f"{what} is not valid Unicode (lone surrogate)") from None
     decoded = value
     if "=?" in value:
         try:

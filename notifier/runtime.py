@@ -14,6 +14,8 @@ from email.headerregistry import Address
 from typing import TYPE_CHECKING, Any, Protocol
 
 import redis
+from redis.backoff import EqualJitterBackoff
+from redis.retry import Retry
 
 from notifier.channels.sms import SmsChannel
 from notifier.channels.smtp import CircuitBreaker, FailoverMailer, SmtpChannel, SmtpProvider
@@ -44,13 +46,21 @@ class Scheduler(Protocol):
 
 
 def redis_client(settings: Settings) -> redis.Redis:
-    """A Redis client with timeouts: a hung Redis must fail a call, not freeze a worker."""
+    """The worker's Redis client: timeouts, and retries that ride out a Redis restart.
+
+    A hung Redis must fail a call, not freeze a worker; a restart (AOF reload,
+    failover) of a second or two must not fail the deliveries in flight, which
+    would turn into duplicates or dead letters. Six tries with jittered backoff
+    capped at 2 s cover about ten seconds. ``notifier health`` uses its own
+    fail-fast client.
+    """
     return redis.Redis.from_url(
         settings.redis_url,
         socket_timeout=10,
         socket_connect_timeout=5,
         health_check_interval=30,
-        retry_on_timeout=True,
+        retry=Retry(EqualJitterBackoff(cap=2.0, base=0.2), 6),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
     )
 
 

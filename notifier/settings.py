@@ -109,14 +109,29 @@ class Settings(BaseSettings):
                 "NOTIFIER_VISIBILITY_TIMEOUT must exceed NOTIFIER_RETRY_BACKOFF_MAX "
                 f"({self.notifier_visibility_timeout} <= {self.notifier_retry_backoff_max})"
             )
-        if self.notifier_visibility_timeout <= self.notifier_claim_lease + 1:
+        _, hard_limit = self.task_time_limits
+        if self.notifier_visibility_timeout <= self.notifier_claim_lease + 1 + hard_limit:
             # A delivery claimed by another worker is looked at again once the
-            # lease runs out (a countdown of lease + 1 s): the same rule applies.
+            # lease runs out (a countdown of lease + 1 s), then runs for up to the
+            # hard time limit: all of it before Redis would hand it out again.
             raise ValueError(
-                "NOTIFIER_VISIBILITY_TIMEOUT must exceed NOTIFIER_CLAIM_LEASE + 1 "
-                f"({self.notifier_visibility_timeout} <= {self.notifier_claim_lease} + 1)"
+                "NOTIFIER_VISIBILITY_TIMEOUT must exceed 1.5 x NOTIFIER_CLAIM_LEASE + 1 "
+                f"({self.notifier_visibility_timeout} <= "
+                f"{self.notifier_claim_lease} + 1 + {hard_limit:g})"
             )
         return self
+
+    @property
+    def task_time_limits(self) -> tuple[float, float]:
+        """(soft, hard) seconds for every task: 120 and 150 with the default lease.
+
+        The hard limit is half the claim lease, so a send is always stopped
+        well before its claim could run out under it (no second worker can
+        take a delivery still being sent); the soft one leaves time to record
+        the failure.
+        """
+        hard = self.notifier_claim_lease / 2
+        return hard * 0.8, hard
 
     @property
     def sms_enabled(self) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
+import hypothesis
 import pytest
 import redis
 
@@ -14,6 +15,13 @@ __all__ = ["make_settings"]
 
 TEST_REDIS_URL = os.environ.get("NOTIFIER_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 ON_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+# On CI, property tests replay the same examples every run: a new random
+# counterexample is found (and fixed) on a developer's machine, not by
+# failing somebody else's unrelated change.
+hypothesis.settings.register_profile("ci", derandomize=True, print_blob=True)
+if ON_CI:
+    hypothesis.settings.load_profile("ci")
 
 
 @pytest.fixture(scope="session")

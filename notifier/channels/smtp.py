@@ -150,6 +150,11 @@ class SmtpChannel:
         except OSError:
             self._drop()
             raise
+        except BaseException:
+            # Interrupted mid-transaction (a soft time limit): the connection's
+            # state is unknown, so it must not carry the next message.
+            self._drop()
+            raise
 
     def send(self, message: EmailMessage, sender: str, recipient: str) -> Receipt:
         """Send one message to one envelope recipient; raise Transient/PermanentError."""

