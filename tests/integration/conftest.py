@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from celery.contrib.testing.worker import start_worker
@@ -20,21 +19,8 @@ from tests.conftest import make_settings
 
 pytestmark = pytest.mark.integration
 
-T = TypeVar("T")
 
 TWILIO_NUMBER = "+14155550100"
-
-
-def eventually(probe: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:
-    """Poll ``probe`` until it returns something truthy; fail with ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.fixture

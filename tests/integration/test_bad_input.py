@@ -24,7 +24,7 @@ from notifier.app import NotifierCelery
 from notifier.deadletter import DeadLetter, DeadLetterStore
 from notifier.testing import ReceivedEmail, SmtpSink, TwilioStandIn
 from tests import samples
-from tests.integration.conftest import eventually
+from tests.polling import eventually
 
 pytestmark = pytest.mark.integration
 

@@ -20,7 +20,8 @@ from notifier.planner import plan
 from notifier.settings import Settings
 from notifier.testing import SmtpSink, TwilioStandIn
 from tests import samples
-from tests.integration.conftest import TWILIO_NUMBER, eventually
+from tests.integration.conftest import TWILIO_NUMBER
+from tests.polling import eventually
 
 pytestmark = pytest.mark.integration
 

@@ -20,7 +20,7 @@ from notifier.deadletter import DeadLetterStore
 from notifier.settings import Settings
 from notifier.testing import SmtpSink, TwilioStandIn
 from tests import samples
-from tests.integration.conftest import eventually
+from tests.polling import eventually
 
 pytestmark = pytest.mark.integration
 

@@ -41,7 +41,8 @@ from notifier.settings import Settings
 from notifier.testing import SmtpSink, TwilioStandIn, free_port
 from tests import samples
 from tests.conftest import make_settings
-from tests.integration.conftest import TWILIO_NUMBER, eventually
+from tests.integration.conftest import TWILIO_NUMBER
+from tests.polling import eventually
 
 pytestmark = pytest.mark.integration
 

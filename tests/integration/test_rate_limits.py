@@ -14,7 +14,7 @@ from notifier.pipeline import replay
 from notifier.settings import Settings
 from notifier.testing import SmtpSink, TwilioStandIn
 from tests import samples
-from tests.integration.conftest import eventually
+from tests.polling import eventually
 
 pytestmark = pytest.mark.integration
 

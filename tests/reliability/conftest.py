@@ -28,7 +28,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import Any, Self
 
 import psutil
 import pytest
@@ -51,6 +51,7 @@ from notifier.testing import (
     redis_reachable,
 )
 from tests import samples
+from tests.polling import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 QUEUES = ",".join(keys.QUEUES)
@@ -78,20 +79,6 @@ POOL_KILLS: dict[str, str] = {
     "NOTIFIER_CLAIM_LEASE": "14",
     "NOTIFIER_VISIBILITY_TIMEOUT": "23",
 }
-
-T = TypeVar("T")
-
-
-def eventually(probe: Callable[[], T | None], timeout: float, what: str) -> T:
-    """Poll ``probe`` until it returns something truthy; fail naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def retry_waits(policy: dict[str, float]) -> list[float]:

@@ -12,11 +12,11 @@ import json
 import pytest
 
 from notifier import keys
+from tests.polling import eventually
 from tests.reliability.conftest import (
     UNACKED,
     System,
     event_batch,
-    eventually,
     planned_emails,
     report,
 )

@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from tests.polling import eventually
 from tests.reliability.conftest import (
     POOL_KILLS,
     WORKER_PROCESSES,
@@ -19,7 +20,6 @@ from tests.reliability.conftest import (
     Tarpit,
     clients_of,
     event_batch,
-    eventually,
     planned_emails,
     report,
 )

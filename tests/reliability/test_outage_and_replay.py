@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 
 from tests import samples
+from tests.polling import eventually
 from tests.reliability.conftest import (
     FAST,
     System,
     event_batch,
-    eventually,
     operator_environment,
     planned_emails,
     report,

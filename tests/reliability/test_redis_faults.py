@@ -23,12 +23,12 @@ from notifier.client import publish
 from notifier.errors import PublishError
 from notifier.testing import make_settings
 from tests import samples
+from tests.polling import eventually
 from tests.reliability.conftest import (
     WORKER_PROCESSES,
     RedisServer,
     System,
     event_batch,
-    eventually,
     operator_environment,
     planned_emails,
     report,
