@@ -47,7 +47,9 @@ __all__ = [
 # --------------------------------------------------------------------------- the server
 
 _GREETING = b"220 bench-sink ESMTP\r\n"
-_EHLO = b"250-bench-sink\r\n250-8BITMIME\r\n250 SIZE 104857600\r\n"
+_EHLO = (
+    b"250-bench-sink\r\n250-PIPELINING\r\n250-CHUNKING\r\n250-8BITMIME\r\n250 SIZE 104857600\r\n"
+)
 _MESSAGE_ID = re.compile(rb"\r\nMessage-ID:\s*(<[^>\r\n]*>)", re.IGNORECASE)
 _FLUSH_EVERY = 0.005  # seconds: how stale the progress file may be
 
@@ -91,6 +93,12 @@ class _SmtpSession(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
         self._in_data = False
+        self._quit = False
+        # BDAT (RFC 3030): bytes of the current chunk still to come, the
+        # message so far, and whether this chunk is the LAST.
+        self._chunk_left = 0
+        self._chunks = bytearray()
+        self._last_chunk = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -102,7 +110,38 @@ class _SmtpSession(asyncio.Protocol):
         self._buffer += data
         transport = self._transport
         assert transport is not None
-        while self._buffer:
+        # Replies to pipelined commands (RFC 2920) go out in one write, as
+        # Postfix sends them: one system call, not one per command.
+        replies: list[bytes] = []
+        try:
+            self._handle(replies)
+        finally:
+            if replies and not transport.is_closing():
+                transport.write(b"".join(replies))
+            if self._quit:
+                transport.close()
+
+    def _accepted(self, message: bytes, replies: list[bytes]) -> None:
+        found = _MESSAGE_ID.search(b"\r\n" + message)
+        message_id = found.group(1).decode("ascii", "replace") if found else "-"
+        self._log.write(f"M {time.monotonic():.6f} {self._number} {message_id}\n")
+        replies.append(b"250 2.0.0 OK\r\n")
+
+    def _handle(self, replies: list[bytes]) -> None:
+        while self._buffer and not self._quit:
+            if self._chunk_left:
+                taken = bytes(self._buffer[: self._chunk_left])
+                del self._buffer[: len(taken)]
+                self._chunks += taken
+                self._chunk_left -= len(taken)
+                if self._chunk_left:
+                    return
+                if self._last_chunk:
+                    self._accepted(bytes(self._chunks), replies)
+                    self._chunks.clear()
+                else:
+                    replies.append(b"250 2.0.0 chunk OK\r\n")
+                continue
             if self._in_data:
                 # The message ends at CRLF.CRLF; smtplib always sends headers
                 # first, so the message never starts with the terminating dot.
@@ -112,10 +151,7 @@ class _SmtpSession(asyncio.Protocol):
                 message = bytes(self._buffer[: end + 2])
                 del self._buffer[: end + 5]
                 self._in_data = False
-                found = _MESSAGE_ID.search(b"\r\n" + message)
-                message_id = found.group(1).decode("ascii", "replace") if found else "-"
-                self._log.write(f"M {time.monotonic():.6f} {self._number} {message_id}\n")
-                transport.write(b"250 2.0.0 OK\r\n")
+                self._accepted(message, replies)
                 continue
             end = self._buffer.find(b"\r\n")
             if end < 0:
@@ -123,19 +159,25 @@ class _SmtpSession(asyncio.Protocol):
             line = bytes(self._buffer[:end])
             del self._buffer[: end + 2]
             verb = line[:4].upper()
-            if verb == b"DATA":
+            if verb == b"BDAT":
+                words = line.split()
+                self._chunk_left = int(words[1])
+                self._last_chunk = len(words) > 2 and words[2].upper() == b"LAST"
+                if not self._chunk_left and self._last_chunk:
+                    self._accepted(bytes(self._chunks), replies)
+                    self._chunks.clear()
+            elif verb == b"DATA":
                 self._in_data = True
-                transport.write(b"354 End data with <CR><LF>.<CR><LF>\r\n")
+                replies.append(b"354 End data with <CR><LF>.<CR><LF>\r\n")
             elif verb == b"EHLO":
-                transport.write(_EHLO)
+                replies.append(_EHLO)
             elif verb in (b"MAIL", b"RCPT", b"RSET", b"NOOP", b"HELO"):
-                transport.write(b"250 2.0.0 OK\r\n")
+                replies.append(b"250 2.0.0 OK\r\n")
             elif verb == b"QUIT":
-                transport.write(b"221 2.0.0 Bye\r\n")
-                transport.close()
-                return
+                replies.append(b"221 2.0.0 Bye\r\n")
+                self._quit = True
             else:
-                transport.write(b"502 5.5.1 Command not implemented\r\n")
+                replies.append(b"502 5.5.1 Command not implemented\r\n")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None

@@ -42,5 +42,8 @@ def redact_address(address: str) -> str:
 
 def redact_text(text: str) -> str:
     """Redact every email address and E.164 number found in free text (error messages)."""
+    # Most logged values (ids, names of things) hold neither: skip both scans.
+    if "@" not in text and "+" not in text:
+        return text
     text = _EMAIL.sub(lambda match: redact_email(match.group(0)), text)
     return _PHONE.sub(lambda match: redact_phone(match.group(0)), text)

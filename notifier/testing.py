@@ -274,6 +274,21 @@ class _SinkHandler:
     def __init__(self, sink: SmtpSink) -> None:
         self._sink = sink
 
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname  # this hook takes over what aiosmtpd does without one
+        if self._sink._pipelining:
+            # aiosmtpd reads pipelined commands one line at a time anyway; it
+            # just never says so. Real relays (Postfix, providers) do.
+            responses.insert(-1, "250-PIPELINING")
+        return responses
+
     async def handle_MAIL(
         self,
         server: SMTP,
@@ -374,6 +389,10 @@ class SmtpSink(_Recorder[ReceivedEmail]):
 
     The sink restarts cleanly after :meth:`stop` (same port). Idle client
     connections are dropped by aiosmtpd after 300 seconds.
+
+    PIPELINING (RFC 2920) and SMTPUTF8 (RFC 6531) are offered, as real relays
+    do; ``pipelining=False`` leaves the first out, for clients that must then
+    send one command at a time, and ``smtputf8=False`` the second.
     """
 
     _noun = "message(s)"
@@ -389,6 +408,8 @@ class SmtpSink(_Recorder[ReceivedEmail]):
         credentials: tuple[str, str] | None = None,
         eml_dir: pathlib.Path | None = None,
         delay: float = 0.0,
+        pipelining: bool = True,
+        smtputf8: bool = True,
     ) -> None:
         if require_starttls and starttls_context is None:
             raise ValueError("require_starttls needs a starttls_context")
@@ -404,6 +425,8 @@ class SmtpSink(_Recorder[ReceivedEmail]):
         self._credentials = credentials
         self._eml_dir = eml_dir
         self._delay = delay
+        self._pipelining = pipelining
+        self._smtputf8 = smtputf8
 
         super().__init__()
         self._failures: dict[str, collections.deque[str]] = {
@@ -444,6 +467,7 @@ class SmtpSink(_Recorder[ReceivedEmail]):
             "server_hostname": "smtp-sink.localhost",
             "tls_context": self._starttls_context,
             "require_starttls": self._require_starttls,
+            "enable_SMTPUTF8": self._smtputf8,
         }
         if self._credentials is not None:
             logging.getLogger("mail.log").addFilter(_AIOSMTPD_LOG_FILTER)  # idempotent

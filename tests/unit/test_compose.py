@@ -5,14 +5,23 @@ from __future__ import annotations
 import email
 import email.policy
 from datetime import UTC, datetime
+from email.header import decode_header, make_header
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import parsedate_to_datetime
 from typing import Any
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
-from notifier.compose import SmsMessage, compose_email, compose_sms, parse_sender
+from notifier.compose import (
+    ComposedEmail,
+    SmsMessage,
+    compose_email,
+    compose_sms,
+    parse_sender,
+)
 from notifier.errors import ConfigurationError, PermanentError
 from notifier.events import parse_event
 from notifier.planner import Delivery, plan
@@ -50,8 +59,8 @@ def parsed_bytes(data: bytes) -> EmailMessage:
     return result
 
 
-def parsed(message: EmailMessage) -> EmailMessage:
-    return parsed_bytes(message.as_bytes())
+def parsed(message: ComposedEmail) -> EmailMessage:
+    return parsed_bytes(message.data)
 
 
 def headers_of(data: bytes) -> bytes:
@@ -111,14 +120,14 @@ def test_message_id_is_the_same_when_the_delivery_is_composed_again(
     first = compose_email(delivery, RENDERED, sender, NOW)
     retry = compose_email(delivery, RENDERED, sender, datetime(2026, 11, 27, tzinfo=UTC))
 
-    assert first["Message-ID"] == retry["Message-ID"]
+    assert first.message_id == retry.message_id
 
 
 @pytest.mark.parametrize("name", ["Zoë Ångström", "李雷"], ids=["latin", "cjk"])
 def test_non_ascii_recipient_name_is_rfc2047_encoded_and_decodes_back(
     delivery: Delivery, sender: Address, name: str
 ) -> None:
-    data = compose_email(with_fan_name(delivery, name), RENDERED, sender, NOW).as_bytes()
+    data = compose_email(with_fan_name(delivery, name), RENDERED, sender, NOW).data
 
     assert headers_of(data).isascii()
     (to_line,) = [line for line in data.split(b"\r\n") if line.startswith(b"To:")]
@@ -131,7 +140,7 @@ def test_non_ascii_recipient_name_is_rfc2047_encoded_and_decodes_back(
 def test_non_ascii_subject_is_encoded_and_decodes_back(delivery: Delivery, sender: Address) -> None:
     rendered = RenderedEmail(subject="Réservation confirmée 李雷", text="x", html="<p>x</p>")
 
-    data = compose_email(delivery, rendered, sender, NOW).as_bytes()
+    data = compose_email(delivery, rendered, sender, NOW).data
 
     assert headers_of(data).isascii()
     assert b"=?utf-8?" in headers_of(data)
@@ -141,7 +150,7 @@ def test_non_ascii_subject_is_encoded_and_decodes_back(delivery: Delivery, sende
 def test_non_ascii_sender_name_is_encoded_and_decodes_back(delivery: Delivery) -> None:
     sender = parse_sender("Zoë's Bookings <noreply@example.com>")
 
-    data = compose_email(delivery, RENDERED, sender, NOW).as_bytes()
+    data = compose_email(delivery, RENDERED, sender, NOW).data
 
     assert headers_of(data).isascii()
     (address,) = parsed_bytes(data)["From"].addresses
@@ -180,7 +189,7 @@ def test_recipient_address_with_a_line_break_is_refused(
 
 
 def test_every_serialized_line_ends_in_crlf(delivery: Delivery, sender: Address) -> None:
-    data = compose_email(delivery, RENDERED, sender, NOW).as_bytes()
+    data = compose_email(delivery, RENDERED, sender, NOW).data
 
     assert data.endswith(b"\r\n")
     assert b"\n" not in data.replace(b"\r\n", b"")
@@ -193,7 +202,7 @@ def test_serialized_message_is_7bit_clean(delivery: Delivery, sender: Address) -
     # A non-ASCII name in the body must travel quoted-printable or base64.
     rendered = RenderedEmail(subject="Booking Confirmation", text="Hello Zoë", html="<p>Zoë</p>")
 
-    data = compose_email(delivery, rendered, sender, NOW).as_bytes()
+    data = compose_email(delivery, rendered, sender, NOW).data
 
     assert data.isascii()
     text, html = parsed_bytes(data).iter_parts()
@@ -256,3 +265,67 @@ def test_compose_sms_sends_the_body_to_the_delivery_address() -> None:
     assert compose_sms(delivery, "Your booking is confirmed.") == SmsMessage(
         to="+447911123456", body="Your booking is confirmed."
     )
+
+
+# --- what a receiver reads back -------------------------------------------------------
+# compose_email writes the bytes itself; the email package, as a receiving
+# server would, must read back exactly what was rendered.
+
+# Text the contract lets through to a header: no control, format, surrogate
+# or line-separator characters, no encoded-words (the event contract's rules).
+header_text = st.text(
+    st.characters(blacklist_categories=("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp")),
+    min_size=1,
+    max_size=120,
+).filter(lambda text: "=?" not in text and text == text.strip())
+body_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=400)
+
+
+@settings(max_examples=300, deadline=None)
+@given(name=header_text, subject=header_text, text=body_text, html=body_text)
+@example(name="Ada  Lovelace", subject="x" * 69, text="", html=".")
+@example(name='"Ada" (Byron) \\', subject="y" * 70, text="a \n", html="=\r\nb\rc")
+@example(name="李雷" * 40, subject="Réservation " * 20, text="é" * 200, html="\t")
+def test_a_receiver_reads_back_exactly_what_was_rendered(
+    name: str, subject: str, text: str, html: str
+) -> None:
+    delivery = with_fan_name(delivery_for(), name)
+    sender = parse_sender("Bookings <noreply@example.com>")
+
+    data = compose_email(delivery, RenderedEmail(subject, text, html), sender, NOW).data
+
+    assert data.isascii()
+    assert max(len(line) for line in data.split(b"\r\n")) <= 998
+    message = parsed_bytes(data)
+    [address] = message["To"].addresses
+    assert address.addr_spec == "ada@example.com"
+    assert display_name_as_sent(data, message) == name
+    assert message["Subject"] == subject
+    plain, rich = message.iter_parts()
+    # Line breaks are the wire's (CRLF), whatever the template wrote.
+    assert unix_newlines(plain.get_content()) == unix_newlines(text)
+    assert unix_newlines(rich.get_content()) == unix_newlines(html)
+
+
+def unix_newlines(text: str) -> str:
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def display_name_as_sent(data: bytes, message: EmailMessage) -> str:
+    """The To display name as an RFC 2047 decoder reads it.
+
+    The email package's address parser keeps the folding space between two
+    encoded-words (RFC 2047 §6.2 says to drop it; mail clients do), so a
+    name sent as several words is decoded by the standard's rule instead.
+    """
+    [raw] = [line for line in unfolded_headers(data) if line.startswith("To: ")]
+    value = raw.removeprefix("To: ")
+    if not value.startswith("=?"):
+        [address] = message["To"].addresses
+        return address.display_name
+    phrase = value.rsplit(" <", 1)[0]
+    return str(make_header(decode_header(phrase)))
+
+
+def unfolded_headers(data: bytes) -> list[str]:
+    return headers_of(data).decode("ascii").replace("\r\n ", " ").split("\r\n")

@@ -29,7 +29,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from notifier.compose import compose_email, parse_sender
+from notifier.compose import ComposedEmail, compose_email, parse_sender
 from notifier.errors import InvalidEventError, PermanentError
 from notifier.events import parse_event
 from notifier.planner import Delivery, plan
@@ -89,9 +89,9 @@ names = st.one_of(
 # --- helpers ------------------------------------------------------------------------
 
 
-def on_the_wire(message: EmailMessage) -> EmailMessage:
+def on_the_wire(message: ComposedEmail) -> EmailMessage:
     """What a receiving server parses out of the bytes we send."""
-    parsed = email.message_from_bytes(message.as_bytes(), policy=email.policy.default)
+    parsed = email.message_from_bytes(message.data, policy=email.policy.default)
     assert isinstance(parsed, EmailMessage)
     return parsed
 
@@ -113,7 +113,7 @@ def only_delivery(event: dict[str, Any], template: str) -> Delivery:
     return delivery
 
 
-def compose(delivery: Delivery, renderer: Renderer = PACKAGED) -> EmailMessage:
+def compose(delivery: Delivery, renderer: Renderer = PACKAGED) -> ComposedEmail:
     rendered = renderer.email(delivery.template, renderer.context(delivery, NOW))
     return compose_email(delivery, rendered, SENDER, NOW)
 
@@ -122,11 +122,11 @@ def registration_for(name: str) -> dict[str, Any]:
     return samples.user_registered(user={**samples.FAN, "name": name})
 
 
-def assert_only_the_expected_headers(message: EmailMessage, address: str) -> EmailMessage:
+def assert_only_the_expected_headers(message: ComposedEmail, address: str) -> EmailMessage:
     wire = on_the_wire(message)
     assert header_names(wire) == EXPECTED_HEADERS
     assert to_addresses(wire) == [address]
-    assert b"\r\nbcc:" not in message.as_bytes().lower()
+    assert b"\r\nbcc:" not in message.data.lower()
     return wire
 
 
@@ -189,7 +189,7 @@ def test_a_b_encoded_word_name_cannot_end_the_headers_and_write_the_body() -> No
         message = compose(delivery)
     except (InvalidEventError, PermanentError):
         return
-    assert b"<h1>Your account is locked" not in message.as_bytes()
+    assert b"<h1>Your account is locked" not in message.data
 
 
 # --- stored deliveries: compose is the last line of defence ------------------------

@@ -11,7 +11,6 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ import notifier.settings
 from notifier import keys, metrics
 from notifier.channels import Receipt
 from notifier.cli import app as cli
+from notifier.compose import ComposedEmail
 from notifier.deadletter import DeadLetterStore
 from notifier.errors import TransientError
 from notifier.events import parse_event
@@ -150,9 +150,9 @@ class RecordingScheduler:
 
 @dataclass
 class AcceptingSmtp:
-    sent: list[EmailMessage] = field(default_factory=list)
+    sent: list[ComposedEmail] = field(default_factory=list)
 
-    def send(self, message: EmailMessage, sender: str, recipient: str) -> Receipt:
+    def send(self, message: ComposedEmail, sender: str, recipient: str) -> Receipt:
         self.sent.append(message)
         return Receipt("email", "metrics-test-smtp", str(len(self.sent)))
 

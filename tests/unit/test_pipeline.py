@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import email
+import email.policy
 import importlib.util
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -13,7 +15,7 @@ import fakeredis
 import pytest
 
 from notifier.channels import Receipt
-from notifier.compose import SmsMessage
+from notifier.compose import ComposedEmail, SmsMessage
 from notifier.deadletter import DeadLetter
 from notifier.errors import PermanentError, TransientError
 from notifier.events import parse_event
@@ -52,9 +54,16 @@ class RecordingScheduler:
 
 @dataclass
 class SentEmail:
-    message: EmailMessage
+    composed: ComposedEmail
     sender: str
     recipient: str
+
+    @property
+    def message(self) -> EmailMessage:
+        """The bytes as a receiving server parses them."""
+        parsed = email.message_from_bytes(self.composed.data, policy=email.policy.default)
+        assert isinstance(parsed, EmailMessage)
+        return parsed
 
 
 @dataclass
@@ -64,7 +73,7 @@ class FakeSmtp:
     failures: list[Exception] = field(default_factory=list)
     sent: list[SentEmail] = field(default_factory=list)
 
-    def send(self, message: EmailMessage, sender: str, recipient: str) -> Receipt:
+    def send(self, message: ComposedEmail, sender: str, recipient: str) -> Receipt:
         if self.failures:
             raise self.failures.pop(0)
         self.sent.append(SentEmail(message, sender, recipient))
