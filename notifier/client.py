@@ -23,6 +23,7 @@ from typing import Any
 import redis
 from celery import Celery
 from celery.utils import uuid
+from celery.utils.nodenames import anon_nodename
 from kombu.exceptions import KombuError, OperationalError
 from pydantic import BaseModel
 
@@ -164,6 +165,9 @@ def _pipeline(app: Celery, producer: Any, payloads: Sequence[dict[str, Any]]) ->
     root_id = (parent.request.root_id or parent.request.id) if parent else None
     reply_to = app.thread_oid
     send_sent_event = app.conf.task_send_sent_event
+    # The "origin" header create_task_message would compute for every message
+    # (host name and pid: a system call each time), computed once per chunk.
+    origin = anon_nodename()
     # Producer.batch (kombu >= 5.7) defers each LPUSH into one non-transactional
     # pipeline, flushed when the block ends; an error inside discards the rest.
     # Transports (or retry_on_timeout settings) that cannot batch safely fall
@@ -182,6 +186,7 @@ def _pipeline(app: Celery, producer: Any, payloads: Sequence[dict[str, Any]]) ->
                 parent_id=parent_id,
                 argsrepr=_argsrepr(payload),
                 kwargsrepr="{}",
+                origin=origin,
                 ignore_result=None,  # as send_task: the task's own setting decides
             )
             # The retry wrapper is ours (per chunk): inside a batch nothing
