@@ -1,6 +1,6 @@
 """The Celery baseline: notifier's exact Celery configuration, and a task that does nothing.
 
-    celery -A bench.noop worker -Q notifier.events,notifier.email,notifier.sms -c 2
+    celery -A bench.noop worker -Q notifier.events,notifier.email,notifier.sms -c 4
 
 The task is registered under notifier's own name, ``notifier.handle_event``,
 so the baseline consumes the very messages ``publish_many`` makes for the
