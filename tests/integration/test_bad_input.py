@@ -190,7 +190,8 @@ def assert_nothing_injected(received: list[ReceivedEmail]) -> None:
     for mail in received:
         assert not any("attacker" in rcpt for rcpt in mail.rcpt_tos), mail.rcpt_tos
         assert b"attacker" not in mail.data
-        assert b"bcc" not in headers_of(mail).lower()
+        # A header line, not the letters: ids in Message-ID and the boundary are hex.
+        assert b"\r\nbcc:" not in b"\r\n" + headers_of(mail).lower()
         message = mail.message()
         assert sorted(key.lower() for key in message) == EXPECTED_HEADERS
         assert [address.addr_spec for address in message["To"].addresses] == list(mail.rcpt_tos)
