@@ -198,6 +198,9 @@ class RecentOutcomes:
         self.interval = interval
         self._pending: collections.Counter[tuple[int, str]] = collections.Counter()
         self._lock = threading.Lock()
+        # Held for a whole flush: ``detach`` waits on it, so the client is not
+        # closed under the background thread's feet (it once was: EBADF).
+        self._flush_lock = threading.Lock()
         self._last_flush = -math.inf
         self._client: redis.Redis | None = None
         self._flusher: threading.Thread | None = None
@@ -221,6 +224,10 @@ class RecentOutcomes:
 
     def flush(self, client: redis.Redis) -> None:
         """Add the buffered tallies to Redis in one round trip; drop them if Redis fails."""
+        with self._flush_lock:
+            self._flush(client)
+
+    def _flush(self, client: redis.Redis) -> None:
         with self._lock:
             self._last_flush = time.monotonic()
             if not self._pending:
@@ -254,12 +261,23 @@ class RecentOutcomes:
                 self._flusher_pid = os.getpid()
                 self._flusher.start()
 
+    def detach(self, client: redis.Redis) -> None:
+        """Stop the background flushes to ``client`` before it is closed.
+
+        Waits for a flush in progress; tallies recorded later stay pending
+        until the next ``flush`` or ``flush_soon`` with an open client.
+        """
+        with self._flush_lock:
+            if self._client is client:
+                self._client = None
+
     def _flush_forever(self) -> None:
         while True:
             time.sleep(self.interval)
-            client = self._client
-            if client is not None and self.pending():
-                self.flush(client)
+            with self._flush_lock:
+                client = self._client
+                if client is not None and self.pending():
+                    self._flush(client)
 
 
 def recent_outcomes(

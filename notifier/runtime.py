@@ -17,6 +17,7 @@ import redis
 from redis.backoff import EqualJitterBackoff
 from redis.retry import Retry
 
+from notifier import metrics
 from notifier.channels.sms import SmsChannel
 from notifier.channels.smtp import CircuitBreaker, FailoverMailer, SmtpChannel, SmtpProvider
 from notifier.compose import parse_sender
@@ -127,4 +128,5 @@ class Runtime:
         self.smtp.close()
         if self._sms is not None:
             self._sms.close()
+        metrics.recent.detach(self.redis)
         self.redis.close()

@@ -439,3 +439,20 @@ def test_stats_exits_2_when_redis_is_unreachable(monkeypatch: pytest.MonkeyPatch
 
     assert result.exit_code == 2
     assert "cannot read Redis" in result.output
+
+
+def test_a_detached_client_gets_no_more_background_flushes(
+    client: fakeredis.FakeRedis,
+) -> None:
+    recent = RecentOutcomes(clock=lambda: NOW, interval=0.05)
+    key = keys.stats_outcomes(int(NOW // 60))
+    recent.record("email", "sent")
+    recent.flush_soon(client)
+    recent.record("email", "sent")
+    recent.flush_soon(client)  # the second is left to the background thread
+
+    recent.detach(client)  # as Runtime.close() does before closing the client
+    time.sleep(0.3)
+
+    assert client.hget(key, "email:sent") == b"1"
+    assert recent.pending() == 1
