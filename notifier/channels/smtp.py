@@ -99,20 +99,6 @@ class _StaleConnection(Exception):
 _LEADING_DOT = re.compile(rb"(?m)^\.")
 
 
-def _rset(connection: smtplib.SMTP) -> None:
-    # As smtplib.sendmail does before raising: end the failed transaction;
-    # a connection that is gone already is the caller's to notice.
-    with contextlib.suppress(smtplib.SMTPServerDisconnected):
-        connection.rset()
-
-
-def _end_failed(connection: smtplib.SMTP, code: int) -> None:
-    if code == 421:  # the server is closing this connection
-        connection.close()
-    else:
-        _rset(connection)
-
-
 def transact(connection: smtplib.SMTP, message: ComposedEmail, sender: str, recipient: str) -> None:
     """One mail transaction on an open connection: MAIL, RCPT, then the message.
 
@@ -121,8 +107,9 @@ def transact(connection: smtplib.SMTP, message: ComposedEmail, sender: str, reci
     go in one write, one round trip; with PIPELINING alone, MAIL, RCPT and
     DATA go together and the message follows the 354, two round trips;
     otherwise smtplib's ``sendmail``, four. Every way raises what
-    ``sendmail`` raises in the same cases, with the transaction reset (or the
-    connection closed after a 421).
+    ``sendmail`` raises in the same cases. Ending a failed transaction (RSET,
+    or dropping the connection after a 421) is the caller's:
+    ``SmtpChannel`` does it in one place for every way.
     """
     if any(char in sender or char in recipient for char in "\r\n"):
         raise PermanentError("an envelope address contains CR/LF: refusing the SMTP command")
@@ -150,12 +137,10 @@ def transact(connection: smtplib.SMTP, message: ComposedEmail, sender: str, reci
     else:
         connection.send((commands + "DATA\r\n").encode(encoding))
     mail = connection.getreply()
-    if mail[0] == 421:
-        connection.close()
+    if mail[0] == 421:  # the server is closing: no more replies will come
         raise smtplib.SMTPSenderRefused(*mail, sender)
     rcpt = connection.getreply()
     if rcpt[0] == 421:
-        connection.close()
         raise smtplib.SMTPRecipientsRefused({recipient: rcpt})
     last = connection.getreply()  # to BDAT (the message) or to DATA
     if not chunking and last[0] == 354 and (mail[0] != 250 or rcpt[0] not in (250, 251)):
@@ -164,14 +149,11 @@ def transact(connection: smtplib.SMTP, message: ComposedEmail, sender: str, reci
         connection.send(b".\r\n")
         connection.getreply()
     if mail[0] != 250:
-        _rset(connection)
         raise smtplib.SMTPSenderRefused(*mail, sender)
     if rcpt[0] not in (250, 251):
-        _rset(connection)
         raise smtplib.SMTPRecipientsRefused({recipient: rcpt})
     if not chunking:
         if last[0] != 354:
-            _end_failed(connection, last[0])
             raise smtplib.SMTPDataError(*last)
         body = _LEADING_DOT.sub(b"..", message.data)
         if not body.endswith(b"\r\n"):
@@ -179,8 +161,13 @@ def transact(connection: smtplib.SMTP, message: ComposedEmail, sender: str, reci
         connection.send(body + b".\r\n")
         last = connection.getreply()
     if last[0] != 250:
-        _end_failed(connection, last[0])
         raise smtplib.SMTPDataError(*last)
+
+
+def _reply_codes(exc: smtplib.SMTPResponseException | smtplib.SMTPRecipientsRefused) -> list[int]:
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        return [code for code, _ in exc.recipients.values()]
+    return [exc.smtp_code]
 
 
 class SmtpChannel:
@@ -236,14 +223,13 @@ class SmtpChannel:
             if reused:
                 raise _StaleConnection() from exc
             raise
-        except smtplib.SMTPRecipientsRefused as exc:
-            # A bounce is about one address: the transaction was reset and the
-            # connection carries the next message, unless the server is closing it.
-            if any(code == 421 for code, _ in exc.recipients.values()):
-                self._drop()
-            raise
-        except smtplib.SMTPResponseException as exc:
-            if exc.smtp_code == 421:  # the server is closing this connection
+        except (smtplib.SMTPResponseException, smtplib.SMTPRecipientsRefused) as exc:
+            # A refusal is about this message (a bounce, a rejected sender or
+            # body): reset, and the connection carries the next one, unless
+            # the server said it is closing (421). smtplib's sendmail has
+            # mostly reset already; a second RSET on that fallback path is
+            # harmless, a missing one (DATA refused) is not.
+            if 421 in _reply_codes(exc):
                 self._drop()
             else:
                 self._reset()

@@ -332,3 +332,4 @@ def test_a_message_refused_after_its_group_is_permanent(chunking: bool) -> None:
         smtp.close()
 
     assert server.messages == []
+    assert server.commands == [b"EHLO", b"MAIL", b"RSET", b"QUIT"]  # one RSET, not two
