@@ -31,7 +31,7 @@ from email_validator.rfc_constants import (
 )
 from phonenumbers import PhoneMetadata, PhoneNumberDesc
 
-__all__ = ["email_fast_path", "phone_fast_path"]
+__all__ = ["E164", "email_fast_path", "phone_fast_path"]
 
 # ASCII only: a dot-atom local part (RFC 5322 3.2.3, the library's ATEXT) and
 # a hostname of LDH labels that neither start nor end with a hyphen, at most
@@ -40,8 +40,8 @@ __all__ = ["email_fast_path", "phone_fast_path"]
 _LABEL = rf"[A-Za-z0-9](?:[A-Za-z0-9-]{{0,{DNS_LABEL_LENGTH_LIMIT - 2}}}[A-Za-z0-9])?"
 _PLAIN_ADDRESS = re.compile(rf"([{ATEXT}]+(?:\.[{ATEXT}]+)*)@((?:{_LABEL}\.)+{_LABEL})")
 
-# What events.py already demands of a phone number before asking phonenumbers.
-_E164_SHAPE = re.compile(r"\+[1-9][0-9]{6,14}")
+E164 = re.compile(r"\+[1-9][0-9]{6,14}")
+"""The shape the event contract demands of a phone number, before phonenumbers judges it."""
 
 
 def email_fast_path(address: str) -> str | None:
@@ -218,7 +218,7 @@ def phone_fast_path(number: str) -> str | None:
     ``is_valid_number`` holds, for numbers already in E.164 form; ``None``
     means "ask phonenumbers" (anything else, or a number it would reject).
     """
-    if not _E164_SHAPE.fullmatch(number):
+    if not E164.fullmatch(number):
         return None
     digits = number[1:]
     # parse(): the calling code is the shortest prefix of 1-3 digits that is one.

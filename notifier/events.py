@@ -31,7 +31,7 @@ from pydantic import (
     model_validator,
 )
 
-from notifier.addresses import email_fast_path, phone_fast_path
+from notifier.addresses import E164, email_fast_path, phone_fast_path
 from notifier.errors import InvalidEventError
 
 __all__ = [
@@ -62,7 +62,6 @@ SUPPORTED_TYPES = (
 )
 DEFAULT_RESET_LIFETIME = timedelta(hours=1)
 
-_E164 = re.compile(r"\+[1-9][0-9]{6,14}")
 # What nearly every URL we get looks like; what _http_url accepts without urlsplit.
 _PLAIN_HTTP_URL = re.compile(r"https?://[A-Za-z0-9.-]+(?::[0-9]*)?(?:[/?#][!-~]*)?")
 
@@ -107,7 +106,7 @@ def _email(value: str) -> str:
 
 
 def _phone(value: str) -> str:
-    if not _E164.fullmatch(value):
+    if not E164.fullmatch(value):
         raise ValueError("must be an E.164 number such as +447911123456 (no spaces, leading +)")
     normalized = phone_fast_path(value)
     if normalized is not None:
