@@ -22,7 +22,7 @@ from kombu import Exchange, Queue
 from notifier import keys
 from notifier.settings import Settings
 
-__all__ = ["build", "publish_retry_policy", "unacked_sweep_interval"]
+__all__ = ["broker_transport", "build", "publish_retry_policy", "unacked_sweep_interval"]
 
 
 def unacked_sweep_interval(settings: Settings) -> int:
@@ -34,6 +34,13 @@ def unacked_sweep_interval(settings: Settings) -> int:
     ZRANGE under a mutex, per worker: cheap even every second.
     """
     return max(1, min(60, settings.notifier_visibility_timeout // 30))
+
+
+def broker_transport(redis_url: str) -> str:
+    """Our transport class for this URL's scheme (``sentinel://`` or ``redis://``)."""
+    if redis_url.startswith("sentinel://"):
+        return "notifier.transport:SentinelTransport"
+    return "notifier.transport:Transport"
 
 
 def publish_retry_policy() -> dict[str, float]:
@@ -81,6 +88,10 @@ def build(settings: Settings) -> dict[str, Any]:
     }
     return {
         "broker_url": settings.redis_url,
+        # kombu's Redis transport with a fetch that pops and records a message
+        # in one atomic step: a killed worker can no longer take one with it
+        # (notifier/transport.py, docs/guarantees.md).
+        "broker_transport": broker_transport(settings.redis_url),
         "broker_transport_options": transport_options,
         # Same options for the result backend, should one ever be configured.
         "result_backend_transport_options": transport_options,

@@ -7,6 +7,7 @@ test); ``worker.py`` builds the production one from the environment.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import threading
@@ -34,6 +35,7 @@ from notifier.errors import PublishError
 from notifier.logs import configure_logging, route_stdlib_logging
 from notifier.runtime import Runtime
 from notifier.settings import Settings
+from notifier.transport import RejectedEntry
 
 __all__ = ["CeleryScheduler", "NotifierCelery", "create_app"]
 
@@ -168,6 +170,11 @@ def create_app(settings: Settings) -> NotifierCelery:
     """A Celery app configured from ``settings`` with notifier's tasks registered."""
     app = NotifierCelery(settings, set_as_current=False)
     app.conf.update(celeryconfig.build(settings))
+    # A copy: the result backend shares the dict, and has nothing to drain.
+    app.conf.broker_transport_options = {
+        **app.conf.broker_transport_options,
+        "rejected_handler": functools.partial(_reject_queue_entry, app),
+    }
     # Set here, not in celeryconfig: it names a class of this module.
     app.conf.worker_consumer = f"{__name__}:NotifierConsumer"
 
@@ -198,6 +205,13 @@ def create_app(settings: Settings) -> NotifierCelery:
 
     _apps.add(app)
     return app
+
+
+def _reject_queue_entry(app: NotifierCelery, entry: RejectedEntry) -> None:
+    """Keep a malformed queue entry the transport took off a queue (``rejected``)."""
+    raw = entry.raw[:MAX_UNDECODABLE_BYTES].decode("utf-8", "replace")
+    problem = f"entry on queue {entry.queue} is not a Celery message: {entry.reason}"
+    pipeline.reject(raw, [problem], app.runtime)
 
 
 @worker_process_shutdown.connect

@@ -14,6 +14,9 @@ __all__ = [
     "QUEUES",
     "SMS_QUEUE",
     "STATS_OUTCOMES_TTL",
+    "TRANSPORT_REJECTED",
+    "TRANSPORT_REJECTED_LOCK",
+    "TRANSPORT_REJECTED_SEQ",
     "circuit",
     "dlq_entry",
     "ledger",
@@ -72,3 +75,13 @@ def rate_limit(rule: str, who: str, window: int) -> str:
 def throttle(provider: str, window: int) -> str:
     """Sends through a provider in one window (a counter; expires)."""
     return f"{PREFIX}throttle:{provider}:{window}"
+
+
+TRANSPORT_REJECTED = f"{PREFIX}transport:rejected"
+"""Malformed queue entries taken off a queue, until a worker has dead-lettered them."""
+
+TRANSPORT_REJECTED_SEQ = f"{PREFIX}transport:rejected:seq"
+"""Counter giving each rejected queue entry its id."""
+
+TRANSPORT_REJECTED_LOCK = f"{PREFIX}transport:rejected:lock"
+"""Held (with a lease) by the one consumer draining the rejected entries."""
