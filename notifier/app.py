@@ -28,10 +28,11 @@ from celery.signals import (
 )
 from celery.worker.consumer import Consumer
 from kombu.exceptions import OperationalError
+from vine import promise
 
 import celeryconfig
 from notifier import keys, metrics, pipeline
-from notifier.errors import PublishError
+from notifier.errors import NotifierError, PublishError
 from notifier.logs import configure_logging, route_stdlib_logging
 from notifier.runtime import Runtime
 from notifier.settings import Settings
@@ -42,7 +43,11 @@ __all__ = ["CeleryScheduler", "NotifierCelery", "create_app"]
 HANDLE_EVENT = "notifier.handle_event"
 DELIVER = "notifier.deliver"
 
+_logger = logging.getLogger(__name__)
 _apps: weakref.WeakSet[NotifierCelery] = weakref.WeakSet()
+
+# What Celery's strategy raises on an envelope it cannot read.
+_ENVELOPE_ERRORS = (TypeError, KeyError, ValueError, AttributeError)
 
 # Enough of an undecodable body to diagnose it; it can be arbitrarily large.
 MAX_UNDECODABLE_BYTES = 70_000
@@ -117,24 +122,73 @@ class NotifierTask(Task):  # type: ignore[type-arg]
 
 
 class NotifierConsumer(Consumer):
-    """Celery's consumer, keeping what it cannot decode instead of only logging it.
+    """Celery's consumer, keeping what it cannot run instead of logging and acking it.
 
-    A body too deep or too broken for the JSON decoder never reaches a task;
-    Celery acks it with a CRITICAL log line. We record it as ``rejected`` first.
+    Celery acks a message it cannot decode or run (another serializer, an
+    unknown task name, no task headers) with a log line that prints the body,
+    the person's name and address included. Each is kept as a ``rejected``
+    dead letter instead, with the reason and the body (capped), and logged
+    without it. Never decoded: Celery refuses every content type but JSON
+    (``accept_content``) before our hooks see the message.
     """
 
     app: NotifierCelery
 
     def on_decode_error(self, message: Any, exc: Exception) -> None:
-        """Dead-letter the undecodable body (truncated), then let Celery log and ack it."""
+        """A body the JSON decoder refused (too deep, not UTF-8, not JSON)."""
+        self._reject(
+            message,
+            f"message body could not be decoded ({type(exc).__name__}: {exc}); "
+            f"content type {message.content_type!r}",
+        )
+
+    def on_unknown_message(self, body: Any, message: Any) -> None:
+        """No ``task`` header, and not a protocol 1 body either."""
+        self._reject(message, "not a Celery task message: it has no 'task' header")
+
+    def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
+        """A task name this worker does not run (a typo in a producer)."""
+        name = (message.headers or {}).get("task") if isinstance(message.headers, dict) else None
+        self._reject(
+            message,
+            f"unknown task {str(name)[:200]!r}: notifier runs {HANDLE_EVENT!r} and {DELIVER!r}",
+        )
+
+    def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
+        """A message Celery refused to read: another serializer, a broken envelope."""
+        self._reject(message, f"invalid task message: {exc}")
+
+    def create_task_handler(self, promise: Any = promise) -> Any:
+        """Celery's handler, rejecting envelopes its strategy cannot read instead of crashing."""
+        handle = super().create_task_handler(promise)
+
+        def on_task_received(message: Any) -> Any:
+            try:
+                return handle(message)
+            except _ENVELOPE_ERRORS as exc:
+                # Raised while Celery reads the envelope, before any task runs
+                # (task errors are caught by its tracer): otherwise the whole
+                # worker stops with "Unrecoverable error".
+                if message.acknowledged:
+                    raise
+                self._reject(message, f"malformed task message: {type(exc).__name__}: {exc}")
+                return None
+
+        return on_task_received
+
+    def _reject(self, message: Any, problem: str) -> None:
         body = message.body
         raw = body[:MAX_UNDECODABLE_BYTES] if isinstance(body, (bytes, str)) else repr(body)
-        problem = (
-            f"message body could not be decoded ({type(exc).__name__}: {exc}); "
-            f"content type {message.content_type!r}"
-        )
-        pipeline.reject(raw, [problem], self.app.runtime)
-        super().on_decode_error(message, exc)
+        if isinstance(raw, bytes):
+            raw = raw.decode("utf-8", "replace")
+        try:
+            pipeline.reject(raw, [problem], self.app.runtime)
+        except (redis.RedisError, NotifierError) as error:
+            # Not recorded: back on its queue rather than acked away.
+            _logger.warning("rejected message not recorded (%r); requeued", error)
+            message.reject(requeue=True)
+            return
+        message.ack()
 
 
 class NotifierCelery(Celery):

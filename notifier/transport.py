@@ -131,6 +131,9 @@ class CheckedMessage(virtual.Message):
     """kombu's Message, raising MalformedMessage for an envelope it cannot read."""
 
     def __init__(self, payload: Any, channel: Any = None, **kwargs: Any) -> None:
+        if not isinstance(payload, dict) or not isinstance(payload.get("body"), str):
+            # Every Celery message has one; Celery's strategy crashes without.
+            raise MalformedMessage("no body")
         try:
             super().__init__(payload, channel=channel, **kwargs)
         except _ENVELOPE_ERRORS as exc:
