@@ -46,12 +46,12 @@ def parse_rate_limits(spec: str) -> tuple[RateRule, ...]:
     if spec.strip().lower() == "none":
         return ()
     rules = []
-    for part in filter(None, (piece.strip() for piece in spec.split(","))):
+    for position, part in enumerate(filter(None, (p.strip() for p in spec.split(","))), 1):
         match = _RULE.match(part)
         if not match:
+            # By position, not by text: a settings error never repeats a value.
             raise ValueError(
-                f"rate limit {part!r} is not NAME=COUNT/PERIOD "
-                "(e.g. password_reset=5/h, sms=10/30m)"
+                f"rule {position} is not NAME=COUNT/PERIOD (e.g. password_reset=5/h, sms=10/30m)"
             )
         name, limit, multiple, unit = match.groups()
         rules.append(RateRule(name, int(limit), int(multiple or 1) * _PERIODS[unit]))

@@ -3,18 +3,25 @@
 Names come from DESIGN.md §4 (the seed's ``MAIL_*``/``TWILIO_*`` plus ours); they
 are a public contract. Everything else in notifier asks this object, never
 ``os.environ``.
+
+A bad configuration raises ``ConfigurationError`` naming each setting and what
+is wrong with it, never a value: pydantic's own ``ValidationError`` prints the
+input (``input_value={...}``), and for a cross-check that input is every
+setting, credentials included.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from notifier.errors import ConfigurationError
 from notifier.ratelimit import parse_rate_limits
 
 __all__ = ["Settings", "get_settings"]
@@ -78,6 +85,13 @@ class Settings(BaseSettings):
     notifier_log_level: str = "INFO"
     notifier_log_format: Literal["json", "console"] = "json"
 
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            # from None: the chained ValidationError would print every value.
+            raise ConfigurationError(_describe(exc)) from None
+
     @field_validator("twilio_api_base_url")
     @classmethod
     def _origin_only(cls, value: str) -> str:
@@ -86,12 +100,18 @@ class Settings(BaseSettings):
             raise ValueError("must be an http(s) origin such as https://api.twilio.com")
         if parts.path not in ("", "/") or parts.query or parts.fragment:
             raise ValueError("must be an origin only (scheme://host[:port]), without a path")
+        if parts.scheme == "http" and not _is_loopback(parts.hostname or ""):
+            # Every request carries TWILIO_AUTH_TOKEN (HTTP basic auth).
+            raise ValueError(
+                "must use https: plain http would send the auth token in clear "
+                "(http is allowed to loopback only: 127.0.0.0/8, ::1, localhost)"
+            )
         return f"{parts.scheme}://{parts.netloc}"
 
     @field_validator("notifier_rate_limits")
     @classmethod
     def _rate_limits_parse(cls, value: str) -> str:
-        parse_rate_limits(value)  # raises ValueError with the offending rule
+        parse_rate_limits(value)  # raises ValueError naming the rule by position
         return value
 
     @model_validator(mode="after")
@@ -105,10 +125,7 @@ class Settings(BaseSettings):
         if self.notifier_visibility_timeout <= self.notifier_retry_backoff_max:
             # A retry countdown longer than the visibility timeout makes Redis hand
             # the waiting message to a second worker: a duplicate delivery.
-            raise ValueError(
-                "NOTIFIER_VISIBILITY_TIMEOUT must exceed NOTIFIER_RETRY_BACKOFF_MAX "
-                f"({self.notifier_visibility_timeout} <= {self.notifier_retry_backoff_max})"
-            )
+            raise ValueError("NOTIFIER_VISIBILITY_TIMEOUT must exceed NOTIFIER_RETRY_BACKOFF_MAX")
         _, hard_limit = self.task_time_limits
         if self.notifier_visibility_timeout <= self.notifier_claim_lease + 1 + hard_limit:
             # A delivery claimed by another worker is looked at again once the
@@ -116,8 +133,7 @@ class Settings(BaseSettings):
             # hard time limit: all of it before Redis would hand it out again.
             raise ValueError(
                 "NOTIFIER_VISIBILITY_TIMEOUT must exceed 1.5 x NOTIFIER_CLAIM_LEASE + 1 "
-                f"({self.notifier_visibility_timeout} <= "
-                f"{self.notifier_claim_lease} + 1 + {hard_limit:g})"
+                "(the lease, then the hard time limit of half the lease)"
             )
         return self
 
@@ -137,6 +153,26 @@ class Settings(BaseSettings):
     def sms_enabled(self) -> bool:
         """SMS is on only when all three Twilio settings are present."""
         return bool(self.twilio_account_sid and self.twilio_auth_token and self.twilio_phone_number)
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback  # 127.0.0.0/8 and ::1
+    except ValueError:
+        return False  # a name other than localhost may resolve anywhere
+
+
+def _describe(exc: ValidationError) -> str:
+    """Every problem, by setting name; pydantic's messages hold no input, ours neither."""
+    problems = []
+    for error in exc.errors(include_url=False, include_input=False, include_context=False):
+        message = error["msg"].removeprefix("Value error, ")
+        names = [str(part).upper() for part in error["loc"] if isinstance(part, str)]
+        # A cross-check (loc is empty) names its settings in its message.
+        problems.append(f"{'.'.join(names)}: {message}" if names else message)
+    return "invalid settings: " + "; ".join(problems)
 
 
 @lru_cache(maxsize=1)

@@ -10,9 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from pydantic import ValidationError
 
 from notifier.app import create_app
+from notifier.errors import ConfigurationError
 from notifier.testing import make_settings
 from tests.reliability.conftest import FAST, retry_waits
 
@@ -54,7 +54,7 @@ def test_a_busy_deliverys_countdown_and_its_run_end_inside_the_visibility_timeou
 
 
 def test_settings_refuse_a_visibility_timeout_a_busy_deliverys_countdown_would_outlast() -> None:
-    with pytest.raises(ValidationError, match="NOTIFIER_CLAIM_LEASE"):
+    with pytest.raises(ConfigurationError, match="NOTIFIER_CLAIM_LEASE"):
         make_settings(notifier_visibility_timeout=451, notifier_retry_backoff_max=60)
     assert make_settings(notifier_visibility_timeout=452, notifier_retry_backoff_max=60)
 

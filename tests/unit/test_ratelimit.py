@@ -5,6 +5,7 @@ from __future__ import annotations
 import fakeredis
 import pytest
 
+from notifier.errors import ConfigurationError
 from notifier.ratelimit import RateRule, RecipientLimiter, Throttle, parse_rate_limits
 from tests.conftest import make_settings
 
@@ -29,13 +30,20 @@ def test_none_turns_every_limit_off() -> None:
 
 
 @pytest.mark.parametrize("spec", ["sms=10", "sms=ten/h", "sms=10/w", "=5/h", "sms:5/h"])
-def test_a_malformed_rule_is_refused_with_its_text(spec: str) -> None:
+def test_a_malformed_rule_is_refused_with_the_expected_form(spec: str) -> None:
     with pytest.raises(ValueError, match="NAME=COUNT/PERIOD"):
         parse_rate_limits(spec)
 
 
+def test_a_malformed_rule_is_named_by_its_position_not_its_text() -> None:
+    with pytest.raises(ValueError, match="rule 2 ") as info:
+        parse_rate_limits("sms=10/h, password_reset=lots")
+
+    assert "lots" not in str(info.value)
+
+
 def test_settings_refuse_a_malformed_rate_limit() -> None:
-    with pytest.raises(ValueError, match="NAME=COUNT/PERIOD"):
+    with pytest.raises(ConfigurationError, match="NOTIFIER_RATE_LIMITS: .*NAME=COUNT/PERIOD"):
         make_settings(notifier_rate_limits="password_reset=lots")
 
 

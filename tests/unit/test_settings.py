@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import traceback
 from typing import Any
 
 import pytest
-from pydantic import ValidationError
 
+from notifier.errors import ConfigurationError
 from notifier.settings import Settings
 
 PASSWORD = "hunter2-mail-password"
@@ -134,7 +135,7 @@ def test_a_malformed_value_in_the_environment_is_an_error(
 ) -> None:
     monkeypatch.setenv("MAIL_PORT", "smtp")
 
-    with pytest.raises(ValidationError, match="mail_port"):
+    with pytest.raises(ConfigurationError, match="MAIL_PORT"):
         Settings()
 
 
@@ -142,7 +143,7 @@ def test_a_malformed_value_in_the_environment_is_an_error(
 
 
 def test_starttls_and_implicit_tls_together_are_rejected() -> None:
-    with pytest.raises(ValidationError) as info:
+    with pytest.raises(ConfigurationError) as info:
         settings(mail_use_tls=True, mail_use_ssl=True)
 
     assert "MAIL_USE_TLS" in str(info.value)
@@ -160,7 +161,7 @@ def test_implicit_tls_alone_is_accepted() -> None:
 def test_a_visibility_timeout_not_above_the_backoff_max_is_rejected_naming_both(
     visibility: int, backoff_max: int
 ) -> None:
-    with pytest.raises(ValidationError) as info:
+    with pytest.raises(ConfigurationError) as info:
         settings(notifier_visibility_timeout=visibility, notifier_retry_backoff_max=backoff_max)
 
     assert "NOTIFIER_VISIBILITY_TIMEOUT" in str(info.value)
@@ -184,8 +185,41 @@ def test_a_visibility_timeout_above_the_backoff_max_is_accepted() -> None:
     ],
 )
 def test_a_twilio_api_base_url_that_is_not_an_origin_is_rejected(url: str) -> None:
-    with pytest.raises(ValidationError, match="twilio_api_base_url"):
+    with pytest.raises(ConfigurationError, match="TWILIO_API_BASE_URL"):
         settings(twilio_api_base_url=url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        pytest.param("http://api.twilio.com", id="twilio"),
+        pytest.param("http://10.0.0.5:8765", id="private-address"),
+        pytest.param("http://127.0.0.1.evil.example:8765", id="loopback-lookalike-name"),
+        pytest.param("http://localhost.evil.example", id="localhost-lookalike-name"),
+        pytest.param("http://[::2]:8765", id="ipv6-not-loopback"),
+        pytest.param("http://128.0.0.1:8765", id="just-outside-127/8"),
+    ],
+)
+def test_a_plain_http_twilio_api_base_url_off_loopback_is_refused(url: str) -> None:
+    # The Twilio client sends the auth token with every request (basic auth).
+    with pytest.raises(ConfigurationError, match="TWILIO_API_BASE_URL: .*https"):
+        settings(twilio_api_base_url=url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8765",
+        "http://127.45.6.7:8765",
+        "http://[::1]:8765",
+        "http://localhost:8765",
+        "http://LocalHost:8765",
+        "https://api.twilio.com",
+        "https://twilio-proxy.internal.example:8443",
+    ],
+)
+def test_a_twilio_api_base_url_over_https_or_to_loopback_is_accepted(url: str) -> None:
+    assert settings(twilio_api_base_url=url).twilio_api_base_url == url
 
 
 @pytest.mark.parametrize(
@@ -242,6 +276,80 @@ def test_json_dump_does_not_reveal_secrets() -> None:
 
     assert PASSWORD not in dumped
     assert TOKEN not in dumped
+
+
+REDIS_PASSWORD = "redis-Pa55word-d17f"
+FALLBACK_PASSWORD = "fallback-Pa55word-0b2e"
+ALL_SECRETS = {
+    "MAIL_PASSWORD": PASSWORD,
+    "MAIL_FALLBACK_PASSWORD": FALLBACK_PASSWORD,
+    "TWILIO_AUTH_TOKEN": TOKEN,
+    "REDIS_URL": f"redis://:{REDIS_PASSWORD}@redis.internal:6379/0",
+}
+SECRET_VALUES = [PASSWORD, FALLBACK_PASSWORD, TOKEN, REDIS_PASSWORD]
+
+
+@pytest.mark.parametrize(
+    ("bad", "named"),
+    [
+        pytest.param(
+            {"MAIL_USE_TLS": "true", "MAIL_USE_SSL": "true"},
+            ["MAIL_USE_TLS", "MAIL_USE_SSL"],
+            id="starttls-and-implicit-tls",
+        ),
+        pytest.param({"MAIL_PORT": "smtp-port-7"}, ["MAIL_PORT"], id="port-not-a-number"),
+        pytest.param({"MAIL_TIMEOUT": "-3"}, ["MAIL_TIMEOUT"], id="negative-timeout"),
+        pytest.param(
+            {"NOTIFIER_VISIBILITY_TIMEOUT": "500", "NOTIFIER_RETRY_BACKOFF_MAX": "600"},
+            ["NOTIFIER_VISIBILITY_TIMEOUT", "NOTIFIER_RETRY_BACKOFF_MAX"],
+            id="visibility-timeout",
+        ),
+        pytest.param(
+            {"NOTIFIER_RATE_LIMITS": "password_reset=five-per-hour"},
+            ["NOTIFIER_RATE_LIMITS"],
+            id="rate-limits",
+        ),
+        pytest.param(
+            {"TWILIO_API_BASE_URL": "http://twilio-proxy.example/path"},
+            ["TWILIO_API_BASE_URL"],
+            id="twilio-url",
+        ),
+        pytest.param(
+            {"NOTIFIER_LOG_FORMAT": "xml-format", "MAIL_PORT": "0"},
+            ["NOTIFIER_LOG_FORMAT", "MAIL_PORT"],
+            id="two-problems",
+        ),
+    ],
+)
+def test_a_settings_error_names_the_settings_and_shows_no_value(
+    monkeypatch: pytest.MonkeyPatch, bad: dict[str, str], named: list[str]
+) -> None:
+    for name, value in {**ALL_SECRETS, **bad}.items():
+        monkeypatch.setenv(name, value)
+
+    with pytest.raises(ConfigurationError) as info:
+        Settings()
+
+    shown = "".join(traceback.format_exception(info.value))
+    for name in named:
+        assert name in str(info.value)
+    for value in [*SECRET_VALUES, *bad.values()]:
+        if value not in ("true", "0"):  # too short to tell a leak from a word
+            assert value not in shown
+
+
+def test_a_settings_error_does_not_chain_pydantics_error_holding_the_values(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TWILIO_AUTH_TOKEN", TOKEN)
+    monkeypatch.setenv("MAIL_PORT", "smtp")
+
+    with pytest.raises(ConfigurationError) as info:
+        Settings()
+
+    # A logger or traceback printer would show a chained cause or context.
+    assert info.value.__cause__ is None
+    assert info.value.__suppress_context__
 
 
 def test_secrets_remain_usable() -> None:
