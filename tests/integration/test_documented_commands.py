@@ -1,4 +1,5 @@
-"""The commands the README documents, run as a newcomer or an operator would run them."""
+"""The commands the README and docs/operations.md document, run as a newcomer or an
+operator would run them."""
 
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ def _environment(settings: Settings, smtp_sink: SmtpSink, twilio: TwilioStandIn)
 def celery_worker_process(
     settings: Settings, smtp_sink: SmtpSink, twilio: TwilioStandIn, tmp_path: Path
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """``celery -A worker worker -Q ...`` exactly as the README says, prefork pool."""
+    """``celery -A worker worker -Q ...`` exactly as docs/operations.md says, prefork pool."""
     command = [
         sys.executable, "-m", "celery", "-A", "worker", "worker",
         "-Q", "notifier.events,notifier.email,notifier.sms", "-c", "2",
