@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, Literal, TypeAlias
 from urllib.parse import urlsplit
 from uuid import UUID
@@ -61,6 +61,11 @@ SUPPORTED_TYPES = (
     "password.reset_requested",
 )
 DEFAULT_RESET_LIFETIME = timedelta(hours=1)
+# Times outside this range are mistakes (seconds read as milliseconds, a
+# "never" sentinel), and near year 9999 the arithmetic on them overflows:
+# occurred_at + DEFAULT_RESET_LIFETIME, or a conversion to UTC.
+EARLIEST_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_TIME = datetime(9999, 1, 1, tzinfo=UTC)
 
 # What nearly every URL we get looks like; what _http_url accepts without urlsplit.
 _PLAIN_HTTP_URL = re.compile(r"https?://[A-Za-z0-9.-]+(?::[0-9]*)?(?:[/?#][!-~]*)?")
@@ -144,6 +149,18 @@ def _check_http_url(value: str) -> str:
     return value
 
 
+def _in_range(value: datetime) -> datetime:
+    # Aware datetimes compare by their UTC instant without converting, so this
+    # cannot overflow even at datetime.max with a negative offset.
+    if not EARLIEST_TIME <= value < LATEST_TIME:
+        raise ValueError(f"must be between {_rfc3339(EARLIEST_TIME)} and {_rfc3339(LATEST_TIME)}")
+    return value
+
+
+def _rfc3339(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
 def _no_encoded_words(value: str) -> str:
     # Mail software decodes "=?charset?b?...?=" in a display name; a name must
     # say what it says, not smuggle header text (see compose._header_safe).
@@ -168,6 +185,7 @@ PhoneNumber = Annotated[str, AfterValidator(_phone), Field(examples=["+447911123
 HttpUrl = Annotated[
     str, AfterValidator(_http_url), Field(examples=["https://app.example.com/bookings/b-42"])
 ]
+Moment = Annotated[AwareDatetime, AfterValidator(_in_range)]
 ClockTime = Annotated[str, StringConstraints(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")]
 Reason = Annotated[
     str, StringConstraints(max_length=1000), AfterValidator(_no_control_except_newlines)
@@ -202,7 +220,7 @@ class Slot(_Model):
 
 class _Envelope(_Model):
     event_id: UUID
-    occurred_at: AwareDatetime
+    occurred_at: Moment
     schema_version: Literal[1]
 
 
@@ -246,7 +264,7 @@ class PasswordResetRequested(_Envelope):
     type: Literal["password.reset_requested"]
     user: Person
     reset_url: HttpUrl
-    expires_at: AwareDatetime | None = None
+    expires_at: Moment | None = None
 
     @model_validator(mode="after")
     def _default_expiry(self) -> PasswordResetRequested:

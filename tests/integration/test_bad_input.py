@@ -152,6 +152,12 @@ BAD_INPUTS = [
         id="lone-surrogate-in-name",
     ),
     pytest.param(
+        # occurred_at + the default hour of a reset link is past year 9999.
+        samples.password_reset_requested(occurred_at="9999-12-31T23:30:00Z"),
+        "occurred_at: must be between 1970-01-01T00:00:00Z and 9999-01-01T00:00:00Z",
+        id="date-out-of-range",
+    ),
+    pytest.param(
         samples.user_registered(event_id=12345),
         "event_id: UUID input should be a string",
         id="number-as-event-id",

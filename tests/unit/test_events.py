@@ -426,6 +426,46 @@ def test_occurred_at_must_be_an_rfc3339_time_with_a_zone(occurred_at: object) ->
     assert "occurred_at" in fields_named(errors)
 
 
+@pytest.mark.parametrize("kind", TYPES)
+@pytest.mark.parametrize(
+    "occurred_at",
+    [
+        pytest.param("9999-12-31T23:30:00Z", id="year-9999"),
+        pytest.param("9999-01-01T00:00:00Z", id="upper-bound"),
+        pytest.param("0001-01-01T00:00:00+01:00", id="year-1-ahead-of-utc"),
+        pytest.param("1969-12-31T23:59:59Z", id="before-1970"),
+    ],
+)
+def test_occurred_at_outside_1970_to_9999_is_rejected_naming_the_field(
+    kind: str, occurred_at: str
+) -> None:
+    errors = rejection(samples.ALL[kind](occurred_at=occurred_at))
+
+    assert "occurred_at" in fields_named(errors)
+    assert "1970-01-01T00:00:00Z" in " ".join(errors)
+
+
+@pytest.mark.parametrize(
+    "expires_at",
+    [
+        pytest.param("9999-12-31T23:59:59-05:00", id="past-9999-in-utc"),
+        pytest.param("9999-06-01T00:00:00Z", id="year-9999"),
+    ],
+)
+def test_a_reset_expiring_after_the_range_is_rejected_naming_expires_at(expires_at: str) -> None:
+    errors = rejection(samples.password_reset_requested(expires_at=expires_at))
+
+    assert "expires_at" in fields_named(errors)
+
+
+@pytest.mark.parametrize("occurred_at", ["1970-01-01T00:00:00Z", "9998-12-31T23:59:59Z"])
+def test_occurred_at_at_either_end_of_the_range_is_accepted(occurred_at: str) -> None:
+    event = parse_event(samples.password_reset_requested(occurred_at=occurred_at))
+
+    assert isinstance(event, PasswordResetRequested)
+    assert event.expires_at == event.occurred_at + timedelta(hours=1)
+
+
 def test_occurred_at_with_an_offset_is_accepted() -> None:
     event = parse_event(samples.user_registered(occurred_at="2026-11-26T11:00:00+01:00"))
 

@@ -262,6 +262,17 @@ def test_invalid_event_is_rejected_into_the_dead_letter_store(world: World) -> N
     assert world.scheduler.scheduled == []
 
 
+def test_an_event_dated_too_late_for_its_reset_link_is_rejected_not_failed(world: World) -> None:
+    # occurred_at + the default hour is past year 9999: it used to raise OverflowError.
+    event = samples.password_reset_requested(occurred_at="9999-12-31T23:30:00Z")
+
+    assert handle_event(event, world.rt) == []
+
+    (entry,) = world.dead_letters
+    assert entry.status == "rejected"
+    assert any(error.startswith("occurred_at: ") for error in entry.errors)
+
+
 @pytest.mark.parametrize(
     "raw",
     [
