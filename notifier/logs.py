@@ -1,14 +1,21 @@
-"""structlog set-up: JSON lines (or console), with personal data redacted.
+"""structlog set-up: JSON lines (or console), with personal data redacted, each line bounded.
 
 Every string value of every log line passes through ``redact_text``, so an
 address that sneaks into an error message is redacted too, not only the
 fields we know carry one.
+
+A line is at most ``MAX_RECORD_BYTES`` (8 KiB), newline included: values are
+cut (``…[truncated N bytes]``) after redaction, so a cut never leaves half an
+address unredacted. Each line goes out in one ``write`` call, so the lines of
+processes sharing one stderr do not run into each other.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -16,8 +23,24 @@ from structlog.typing import EventDict, WrappedLogger
 
 from notifier.redaction import redact_text
 from notifier.settings import Settings
+from notifier.truncation import mark, truncate, utf8_size
 
-__all__ = ["configure_logging", "get_logger", "redact_processor", "route_stdlib_logging"]
+__all__ = [
+    "MAX_RECORD_BYTES",
+    "configure_logging",
+    "get_logger",
+    "redact_processor",
+    "route_stdlib_logging",
+]
+
+MAX_RECORD_BYTES = 8 * 1024
+"""The longest log line, newline included (DESIGN.md §10)."""
+
+# Bytes each value may keep, tried in turn until the line fits. Most records have
+# a dozen short fields: the first cap already fits all but the field that was huge.
+_VALUE_CAPS = (2048, 512, 128)
+# What a record keeps when even the smallest cap is not enough (thousands of fields).
+_ESSENTIAL = ("timestamp", "level", "logger", "event")
 
 
 def redact_processor(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
@@ -38,10 +61,53 @@ def _redact(value: object) -> object:
     return value
 
 
-def _renderer(settings: Settings) -> Any:
+Renderer = Callable[[WrappedLogger, str, EventDict], str | bytes]
+
+
+class CappedRenderer:
+    """A renderer whose lines are at most ``limit`` bytes, newline included."""
+
+    def __init__(self, renderer: Renderer, limit: int = MAX_RECORD_BYTES) -> None:
+        self._render = renderer
+        self._limit = limit
+
+    def _fits(self, line: str) -> bool:
+        return len(line) * 4 < self._limit or utf8_size(line) < self._limit
+
+    def __call__(self, logger: WrappedLogger, name: str, event_dict: EventDict) -> str:
+        # Renderers may pop keys (the console one does): each try gets its own copy.
+        whole = self._line(logger, name, dict(event_dict))
+        if self._fits(whole):
+            return whole
+        for cap in _VALUE_CAPS:
+            capped = {key: _cut(value, cap) for key, value in event_dict.items()}
+            line = self._line(logger, name, capped)
+            if self._fits(line):
+                return line
+        essentials = {key: _cut(event_dict[key], 256) for key in _ESSENTIAL if key in event_dict}
+        kept = utf8_size(self._line(logger, name, dict(essentials)))
+        essentials["truncated"] = mark(utf8_size(whole) - kept)
+        return self._line(logger, name, essentials)
+
+    def _line(self, logger: WrappedLogger, name: str, event_dict: EventDict) -> str:
+        line = self._render(logger, name, event_dict)
+        return line.decode("utf-8", "replace") if isinstance(line, bytes) else line
+
+
+def _cut(value: object, max_bytes: int) -> object:
+    """``value`` cut to about ``max_bytes``; a list or dict too large becomes its cut JSON."""
+    if isinstance(value, str):
+        return truncate(value, max_bytes)
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    text = json.dumps(value, default=repr, ensure_ascii=False)
+    return value if utf8_size(text) <= max_bytes else truncate(text, max_bytes)
+
+
+def _renderer(settings: Settings) -> CappedRenderer:
     if settings.notifier_log_format == "console":
-        return structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
-    return structlog.processors.JSONRenderer()
+        return CappedRenderer(structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()))
+    return CappedRenderer(structlog.processors.JSONRenderer())
 
 
 def configure_logging(settings: Settings) -> None:
@@ -58,7 +124,8 @@ def configure_logging(settings: Settings) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        # WriteLogger writes line and newline in one call; PrintLogger (print) makes two.
+        logger_factory=structlog.WriteLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
 
