@@ -255,14 +255,7 @@ def _dead(job: Job, rt: Runtime, error: str, *, status: Status, record: bool = T
 
 
 def _alert_if_crowded(rt: Runtime) -> None:
-    count = rt.dead_letters.count()
-    if count >= rt.settings.notifier_dlq_alert_threshold:
-        # Nothing is evicted to make room: say so loudly and keep accepting.
-        get_logger().error(
-            "dlq.over_threshold",
-            dead_letters=count,
-            threshold=rt.settings.notifier_dlq_alert_threshold,
-        )
+    rt.dead_letters.warn_if_crowded(rt.settings.notifier_dlq_alert_threshold, rt.clock())
 
 
 def task_failed(

@@ -1,18 +1,33 @@
-"""The dead-letter store on fakeredis: what an entry keeps, order, merging, rejects, grouping."""
+"""The dead-letter store on fakeredis: what an entry keeps, order, merging, rejects, grouping,
+size caps, corrupt documents, and the over-threshold alarm."""
 
 from __future__ import annotations
 
+import json
 import time
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import fakeredis
 import pytest
+from structlog.testing import capture_logs
 
-from notifier.deadletter import AttemptRecord, DeadLetter, DeadLetterStore, fingerprint
+from notifier import keys
+from notifier.deadletter import (
+    AttemptRecord,
+    DeadLetter,
+    DeadLetterStore,
+    Filter,
+    ReplayResult,
+    fingerprint,
+)
 from notifier.errors import PublishError
 from notifier.events import parse_event
+from notifier.pipeline import reject
 from notifier.planner import Delivery, plan
+from notifier.runtime import Runtime
 from tests import samples
+from tests.conftest import make_settings
 
 ERROR = "TransientError: 421 4.7.0 try again later (gave up after 3 attempts)"
 
@@ -29,8 +44,13 @@ def deliveries(count: int = 1) -> list[Delivery]:
 
 
 @pytest.fixture
-def store() -> DeadLetterStore:
-    return DeadLetterStore(fakeredis.FakeRedis())
+def client() -> fakeredis.FakeRedis:
+    return fakeredis.FakeRedis()
+
+
+@pytest.fixture
+def store(client: fakeredis.FakeRedis) -> DeadLetterStore:
+    return DeadLetterStore(client)
 
 
 @pytest.fixture
@@ -374,3 +394,342 @@ def test_purge_deletes_and_counts(store: DeadLetterStore) -> None:
 
     assert store.purge(entries[:2]) == 2
     assert [entry.id for entry in store] == [entries[2].id]
+
+
+# --- size: every stored field is capped, every entry stays under 70 KB ---------------
+
+MAX_ENTRY = 70_000
+HUGE = 5 * 2**20
+
+
+def stored_size(client: fakeredis.FakeRedis, entry_id: str) -> int:
+    raw = client.get(keys.dlq_entry(entry_id))
+    assert raw is not None
+    return len(raw)
+
+
+def test_a_rejected_event_with_huge_type_and_event_id_is_stored_under_70_kb(
+    store: DeadLetterStore, client: fakeredis.FakeRedis
+) -> None:
+    # The issue's repro: a task call whose event has a 5 MiB type and a 5 MiB event_id.
+    raw = {"type": "x" * HUGE, "event_id": "y" * HUGE}
+
+    entry = store.reject(raw, [f"type: unknown type {'x' * HUGE}"])
+
+    assert stored_size(client, entry.id) <= MAX_ENTRY
+    assert entry.event_type is not None
+    assert entry.event_type.startswith("xxx")
+    assert entry.event_type.endswith(" bytes]")
+
+
+def test_a_cut_field_says_how_many_bytes_were_cut(store: DeadLetterStore) -> None:
+    entry = store.reject({"type": "t" * 10_000, "event_id": "e-1"}, ["type: unknown"])
+
+    assert entry.event_type is not None
+    kept = len(entry.event_type) - len(entry.event_type.lstrip("t"))
+    assert entry.event_type == "t" * kept + f"…[truncated {10_000 - kept} bytes]"
+
+
+def test_a_reject_with_a_flood_of_errors_is_stored_under_70_kb(
+    store: DeadLetterStore, client: fakeredis.FakeRedis
+) -> None:
+    errors = [f"field{i}: {'v' * 500} is not allowed" for i in range(10_000)]
+
+    entry = store.reject({"type": "booking.created"}, errors)
+
+    assert stored_size(client, entry.id) <= MAX_ENTRY
+    assert entry.errors[0] == errors[0]
+    assert len(entry.errors) < 100
+
+
+def test_a_huge_raw_payload_of_any_characters_is_stored_under_70_kb(
+    store: DeadLetterStore, client: fakeredis.FakeRedis
+) -> None:
+    # Quotes and control characters grow when written as JSON; ë and 李 take 2-3 bytes.
+    raw = ('"\x01ë李\\' * HUGE)[:HUGE]
+
+    entry = store.reject(raw, ["event must be a JSON object, got string"])
+
+    assert stored_size(client, entry.id) <= MAX_ENTRY
+    assert entry.raw_event is not None
+    assert entry.raw_event.startswith('"\x01ë李\\')
+
+
+def forged(delivery: Delivery, **fields: object) -> Delivery:
+    """A delivery as a forged ``notifier.deliver`` job on the queue could carry it."""
+    return Delivery.model_validate({**delivery.model_dump(), **fields})
+
+
+def test_a_forged_delivery_with_huge_fields_is_stored_under_70_kb(
+    store: DeadLetterStore, client: fakeredis.FakeRedis, delivery: Delivery
+) -> None:
+    huge = forged(
+        delivery,
+        delivery_id="d" * HUGE,
+        event_id="e" * HUGE,
+        template="t" * HUGE,
+        address="a" * HUGE,
+        event={**delivery.event, "padding": "p" * HUGE},
+    )
+    history = [record(n, n % 60, "TransientError: " + "h" * 10_000) for n in range(1, 5_000)]
+
+    entry = store.add_delivery(huge, status="failed", error="E" * HUGE, history=history)
+
+    assert stored_size(client, entry.id) <= MAX_ENTRY
+    assert len(entry.id) <= 100
+
+
+def test_a_long_history_keeps_the_first_attempt_and_the_latest(
+    store: DeadLetterStore, delivery: Delivery
+) -> None:
+    history = [record(n, n % 60) for n in range(1, 101)]
+
+    entry = store.add_delivery(delivery, status="failed", error=ERROR, history=history)
+
+    assert entry.history[0] == history[0]
+    assert entry.history[-1] == history[-1]
+    assert len(entry.history) == 20
+
+
+def test_an_ordinary_delivery_is_kept_whole(
+    store: DeadLetterStore, client: fakeredis.FakeRedis, delivery: Delivery
+) -> None:
+    # The largest valid event (64 KiB) still fits, so its entry can be replayed.
+    event = {**delivery.event, "padding": "p" * 60_000}
+    big = forged(delivery, event=event)
+
+    entry = store.add_delivery(big, status="failed", error=ERROR, history=[record(1)])
+
+    assert entry.delivery == big
+    assert stored_size(client, entry.id) <= MAX_ENTRY
+
+
+# --- corrupt documents -----------------------------------------------------------------
+
+
+def plant(client: fakeredis.FakeRedis, entry_id: str, document: bytes, score: float = 1.0) -> None:
+    """What `redis-cli set notifier:dlq:entry:ID ...` plus `zadd notifier:dlq:index` leaves."""
+    client.set(keys.dlq_entry(entry_id), document)
+    client.zadd(keys.DLQ_INDEX, {entry_id: score})
+
+
+def valid_document(delivery: Delivery, **fields: object) -> bytes:
+    entry = DeadLetterStore(fakeredis.FakeRedis()).add_delivery(
+        delivery, status="failed", error=ERROR, history=[record(1)]
+    )
+    return json.dumps({**json.loads(entry.model_dump_json()), **fields}).encode()
+
+
+CORRUPT = [
+    pytest.param(b"{not json", id="not-json"),
+    pytest.param(b"\xff\xfe", id="not-utf8"),
+    pytest.param(b"[]", id="not-an-object"),
+    pytest.param(b'{"id": "corrupt-1"}', id="missing-fields"),
+    pytest.param(b"", id="empty"),
+]
+
+
+@pytest.mark.parametrize("document", CORRUPT)
+def test_a_corrupt_document_is_listed_as_corrupt_with_its_failure_time_from_the_index(
+    store: DeadLetterStore, client: fakeredis.FakeRedis, document: bytes
+) -> None:
+    plant(client, "corrupt-1", document, score=1_764_151_200.0)
+
+    [entry] = list(store)
+
+    assert (entry.id, entry.status) == ("corrupt-1", "corrupt")
+    assert entry.failed_at == "2025-11-26T10:00:00.000Z"
+
+
+@pytest.mark.parametrize(
+    "failed_at", ["yesterday", "2026-11-26T10:00:00", 3], ids=["words", "no-zone", "number"]
+)
+def test_a_document_whose_failure_time_is_not_a_date_is_corrupt(
+    store: DeadLetterStore, client: fakeredis.FakeRedis, delivery: Delivery, failed_at: object
+) -> None:
+    plant(client, delivery.delivery_id, valid_document(delivery, failed_at=failed_at))
+
+    [entry] = list(store)
+
+    assert entry.status == "corrupt"
+
+
+def test_a_corrupt_entry_does_not_hide_the_good_ones(
+    store: DeadLetterStore, client: fakeredis.FakeRedis, delivery: Delivery
+) -> None:
+    good = store.add_delivery(delivery, status="failed", error=ERROR, history=[record(1)])
+    plant(client, "corrupt-1", b"{not json")
+
+    assert {(entry.id, entry.status) for entry in store} == {
+        (good.id, "failed"),
+        ("corrupt-1", "corrupt"),
+    }
+
+
+def test_a_corrupt_entry_keeps_its_raw_document_to_show(
+    store: DeadLetterStore, client: fakeredis.FakeRedis
+) -> None:
+    plant(client, "corrupt-1", b"{not json \xff")
+
+    entry = store.get("corrupt-1")
+
+    assert entry is not None
+    assert entry.status == "corrupt"
+    assert entry.raw == "{not json \ufffd"  # type: ignore[union-attr]
+    assert entry.problem  # type: ignore[union-attr]
+
+
+def test_stats_count_corrupt_entries(
+    store: DeadLetterStore, client: fakeredis.FakeRedis, delivery: Delivery
+) -> None:
+    store.add_delivery(delivery, status="failed", error=ERROR, history=[record(1)])
+    plant(client, "corrupt-1", b"{not json")
+
+    counts = store.stats()
+
+    assert counts["total"] == 2
+    assert counts["by_status"] == {"failed": 1, "corrupt": 1}
+
+
+def test_since_reads_a_corrupt_entry_s_time_from_the_index(
+    store: DeadLetterStore, client: fakeredis.FakeRedis
+) -> None:
+    plant(client, "old", b"{not json", score=datetime(2026, 1, 1, tzinfo=UTC).timestamp())
+    plant(client, "new", b"{not json", score=datetime(2026, 6, 1, tzinfo=UTC).timestamp())
+
+    found = store.select(Filter(since=datetime(2026, 3, 1, tzinfo=UTC)))
+
+    assert [entry.id for entry in found] == ["new"]
+
+
+def test_status_corrupt_selects_the_corrupt_entries(
+    store: DeadLetterStore, client: fakeredis.FakeRedis, delivery: Delivery
+) -> None:
+    store.add_delivery(delivery, status="failed", error=ERROR, history=[record(1)])
+    plant(client, "corrupt-1", b"{not json")
+
+    assert [entry.id for entry in store.select(Filter(status="corrupt"))] == ["corrupt-1"]
+
+
+def test_replay_skips_a_corrupt_entry_and_says_why(
+    store: DeadLetterStore, client: fakeredis.FakeRedis
+) -> None:
+    plant(client, "corrupt-1", b"{not json")
+    handed: list[DeadLetter] = []
+
+    def replayer(entry: DeadLetter) -> str:
+        handed.append(entry)
+        return "re-enqueued"
+
+    results = store.replay(list(store), replayer)
+
+    assert results == [ReplayResult("corrupt-1", error="corrupt entry")]
+    assert handed == []
+    assert store.count() == 1
+
+
+def test_purge_deletes_a_corrupt_entry(store: DeadLetterStore, client: fakeredis.FakeRedis) -> None:
+    plant(client, "corrupt-1", b"{not json")
+
+    assert store.purge(list(store)) == 1
+    assert store.count() == 0
+    assert client.get(keys.dlq_entry("corrupt-1")) is None
+
+
+def test_a_failure_is_recorded_under_a_new_id_when_the_delivery_s_document_is_corrupt(
+    store: DeadLetterStore, client: fakeredis.FakeRedis, delivery: Delivery
+) -> None:
+    plant(client, delivery.delivery_id, b"{not json")
+
+    entry = store.add_delivery(delivery, status="failed", error=ERROR, history=[record(1)])
+
+    assert entry.id != delivery.delivery_id
+    assert store.get(entry.id) == entry
+    assert entry.delivery == delivery
+    # The corrupt document stays for the operator to look at.
+    assert client.get(keys.dlq_entry(delivery.delivery_id)) == b"{not json"
+
+
+def test_the_entry_id_is_its_key_not_what_the_document_claims(
+    store: DeadLetterStore, client: fakeredis.FakeRedis, delivery: Delivery
+) -> None:
+    plant(client, delivery.delivery_id, valid_document(delivery, id="someone-else"))
+
+    [entry] = list(store)
+    store.purge([entry])
+
+    assert entry.id == delivery.delivery_id
+    assert store.count() == 0
+
+
+# --- one source of truth for what replay sends ---------------------------------------
+
+
+def test_the_recipient_is_the_delivery_s_address_whatever_the_stored_copy_says(
+    store: DeadLetterStore, client: fakeredis.FakeRedis, delivery: Delivery
+) -> None:
+    plant(
+        client,
+        delivery.delivery_id,
+        valid_document(delivery, recipient="mallory@evil.example", channel="sms"),
+    )
+
+    entry = store.get(delivery.delivery_id)
+
+    assert isinstance(entry, DeadLetter)
+    assert entry.delivery is not None
+    assert entry.recipient == entry.delivery.address == "ada@example.com"
+    assert entry.channel == entry.delivery.channel == "email"
+
+
+# --- the over-threshold alarm ----------------------------------------------------------
+
+
+@dataclass
+class NoQueue:
+    def schedule(self, job: object, countdown: float) -> None:
+        raise AssertionError("nothing is scheduled here")
+
+    def publish_event(self, event: dict[str, object]) -> None:
+        raise AssertionError("nothing is published here")
+
+
+def test_over_threshold_is_logged_at_most_once_a_minute_per_process() -> None:
+    now = [datetime(2026, 11, 26, 10, 0, tzinfo=UTC)]
+    rt = Runtime(
+        make_settings(notifier_dlq_alert_threshold=2),
+        NoQueue(),  # type: ignore[arg-type]
+        clock=lambda: now[0],
+        client=fakeredis.FakeRedis(),
+    )
+
+    with capture_logs() as logs:
+        for _ in range(5):  # the first is under the threshold
+            reject({"type": "nope"}, ["type: unknown type"], rt)
+        now[0] += timedelta(seconds=59)
+        reject({"type": "nope"}, ["type: unknown type"], rt)
+        now[0] += timedelta(seconds=1)
+        reject({"type": "nope"}, ["type: unknown type"], rt)
+
+    alerts = [line for line in logs if line["event"] == "dlq.over_threshold"]
+    assert [alert["dead_letters"] for alert in alerts] == [2, 7]
+
+
+def test_a_failure_whose_delivery_holds_a_lone_surrogate_is_still_recorded(
+    store: DeadLetterStore, delivery: Delivery
+) -> None:
+    # Celery's JSON decoder lets "\ud800" through; UTF-8 cannot write it.
+    odd = forged(delivery, event={**delivery.event, "note": "x\ud800y"})
+
+    entry = store.add_delivery(odd, status="failed", error="PermanentError: \ud800", history=[])
+
+    assert store.get(entry.id) == entry
+    assert entry.status == "failed"
+    assert entry.delivery is not None
+    assert entry.delivery.event["note"] == "x\\ud800y"
+
+
+def test_an_attempt_record_refuses_a_time_that_is_not_a_time() -> None:
+    # A forged job's history must not later make its entry unreadable.
+    with pytest.raises(ValueError, match="at"):
+        AttemptRecord(attempt=1, at="soon", error="TransientError: 421")
