@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
+from notifier.cli import output
 from notifier.errors import InvalidEventError, NotifierError, PublishError
 from notifier.events import event_json_schema, parse_event
 from notifier.keys import QUEUES
@@ -94,22 +95,22 @@ def publish(
     except (InvalidEventError, OSError) as exc:
         messages = exc.errors if isinstance(exc, InvalidEventError) else [str(exc)]
         for message in messages:
-            typer.echo(f"error: {message}", err=True)
-        typer.echo("nothing was published", err=True)
+            output.line(f"error: {message}", err=True)
+        output.line("nothing was published", err=True)
         raise typer.Exit(1) from None
     try:
         event_ids = publish_many([item for _, item in items])
     except PublishError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        output.line(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     for event_id in event_ids:
-        typer.echo(event_id)
+        output.line(event_id)
 
 
 @app.command()
 def schema() -> None:
     """Print the JSON Schema of the event contract."""
-    typer.echo(json.dumps(event_json_schema(), indent=2))
+    output.document(event_json_schema())
 
 
 @app.command()
@@ -136,13 +137,13 @@ def preview(
         renderer = Renderer(get_settings().notifier_template_dir)
         context = renderer.context(chosen[0])
         if channel is ChannelName.sms:
-            typer.echo(renderer.sms(template, context))
+            output.text(renderer.sms(template, context))
             return
         rendered = renderer.email(template, context)
     except (NotifierError, OSError) as exc:
-        typer.echo(f"error: {exc}", err=True)
+        output.line(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
-    typer.echo(
+    output.text(
         f"Subject: {rendered.subject}\n\n{rendered.text}\n\n--- text/html ---\n{rendered.html}"
     )
 

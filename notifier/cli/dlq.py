@@ -2,18 +2,28 @@
 
 A thin wrapper over ``DeadLetterStore`` and ``pipeline.replay``. Listings
 redact addresses; ``show`` prints the whole entry for the operator who asks.
+A corrupt entry (a document that is not a dead letter) is listed and counted
+as ``corrupt``, shown raw, purged like any other, and never replayed. All
+output goes through ``notifier.cli.output``: stored text is printed inert.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 import typer
 
-from notifier.deadletter import DeadLetter, DeadLetterStore, Filter
+from notifier.cli import output
+from notifier.deadletter import (
+    CORRUPT_REASON,
+    CorruptEntry,
+    DeadLetter,
+    DeadLetterStore,
+    Entry,
+    Filter,
+)
 from notifier.redaction import redact_address, redact_text
 
 __all__ = ["app", "parse_when"]
@@ -53,7 +63,8 @@ def _store() -> DeadLetterStore:
 ChannelOpt = Annotated[str | None, typer.Option("--channel", help="email or sms.")]
 TypeOpt = Annotated[str | None, typer.Option("--type", help="Event type, e.g. booking.created.")]
 StatusOpt = Annotated[
-    str | None, typer.Option("--status", help="failed, rejected, expired or rate_limited.")
+    str | None,
+    typer.Option("--status", help="failed, rejected, expired, rate_limited or corrupt."),
 ]
 ErrorOpt = Annotated[str | None, typer.Option("--error", help="Text the error contains.")]
 SinceOpt = Annotated[
@@ -79,8 +90,26 @@ def _filter(
     )
 
 
-def summary(entry: DeadLetter) -> dict[str, object]:
-    """The redacted listing form of an entry (``list --json``)."""
+def summary(entry: Entry) -> dict[str, object]:
+    """The redacted listing form of an entry (``list --json``).
+
+    A corrupt entry has its id, ``status: "corrupt"`` and the time it was
+    indexed; nothing else it says can be trusted, so the rest is null.
+    """
+    if isinstance(entry, CorruptEntry):
+        return {
+            "id": entry.id,
+            "status": entry.status,
+            "event_id": None,
+            "event_type": None,
+            "channel": None,
+            "template": None,
+            "recipient": None,
+            "error": None,
+            "fingerprint": None,
+            "attempts": None,
+            "failed_at": entry.failed_at,
+        }
     return {
         "id": entry.id,
         "status": entry.status,
@@ -108,24 +137,23 @@ def list_(
 ) -> None:
     """List dead letters, most recent first (addresses redacted)."""
     entries = _store().select(_filter(channel, event_type, status, error, since), limit)
-    rows = [summary(entry) for entry in entries]
     if as_json:
-        typer.echo(json.dumps(rows, indent=2))
+        output.document([summary(entry) for entry in entries])
         return
-    if not rows:
-        typer.echo("no dead letters match")
+    if not entries:
+        output.line("no dead letters match")
         return
     columns = ("id", "status", "event_type", "channel", "template", "recipient", "attempts")
     table = [[*columns, "failed_at", "error"]]
-    for row in rows:
-        error_text = str(row["error"])
+    for entry in entries:
+        row = summary(entry)
+        # A corrupt entry's "error" is why it is corrupt: worth a column in a table.
+        error_text = redact_text(entry.error)
         table.append(
             [str(row[c] if row[c] is not None else "-") for c in columns]
             + [str(row["failed_at"])[:19], error_text[:70] + ("…" if len(error_text) > 70 else "")]
         )
-    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
-    for line in table:
-        typer.echo("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
+    output.table(table)
 
 
 @app.command()
@@ -136,28 +164,50 @@ def show(
     """Show one entry in full: the delivery, the error, every attempt (unredacted)."""
     entry = _store().get(entry_id)
     if entry is None:
-        typer.echo(f"error: no dead letter {entry_id}", err=True)
+        output.line(f"error: no dead letter {entry_id}", err=True)
         raise typer.Exit(1)
-    if as_json:
-        typer.echo(entry.model_dump_json(indent=2))
+    if isinstance(entry, CorruptEntry):
+        _show_corrupt(entry, as_json)
         return
-    typer.echo(f"id:         {entry.id}")
-    typer.echo(f"status:     {entry.status}")
-    typer.echo(f"event:      {entry.event_type} {entry.event_id}")
-    typer.echo(f"delivery:   {entry.channel} {entry.template} to {entry.recipient}")
-    typer.echo(f"error:      {entry.error}")
-    typer.echo(f"attempts:   {entry.attempts} (first failure {entry.first_failed_at})")
+    if as_json:
+        output.document(entry.model_dump(mode="json"))
+        return
+    output.line(f"id:         {entry.id}")
+    output.line(f"status:     {entry.status}")
+    output.line(f"event:      {entry.event_type} {entry.event_id}")
+    output.line(f"delivery:   {entry.channel} {entry.template} to {entry.recipient}")
+    output.line(f"error:      {entry.error}")
+    output.line(f"attempts:   {entry.attempts} (first failure {entry.first_failed_at})")
     if entry.fallback:
-        typer.echo(f"fallback:   email {entry.fallback}")
+        output.line(f"fallback:   email {entry.fallback}")
     for record in entry.history:
-        typer.echo(f"  #{record.attempt} {record.at}  {record.error}")
+        output.line(f"  #{record.attempt} {record.at}  {record.error}")
     for problem in entry.errors:
-        typer.echo(f"  - {problem}")
+        output.line(f"  - {problem}")
+
+
+def _show_corrupt(entry: CorruptEntry, as_json: bool) -> None:
+    if as_json:
+        output.document(
+            {
+                "id": entry.id,
+                "status": entry.status,
+                "failed_at": entry.failed_at,
+                "problem": entry.problem,
+                "raw": entry.raw,
+            }
+        )
+        return
+    output.line(f"id:         {entry.id}")
+    output.line(f"status:     {entry.status} (not a dead letter: purge it, or repair it in Redis)")
+    output.line(f"failed_at:  {entry.failed_at or '- (not in the index)'}")
+    output.line(f"problem:    {entry.problem}")
+    output.line(f"raw:        {entry.raw}")
 
 
 def _chosen(
     store: DeadLetterStore, ids: list[str] | None, everything: bool, where: Filter
-) -> list[DeadLetter]:
+) -> list[Entry]:
     if bool(ids) == everything:
         raise typer.BadParameter("give entry IDs or --all (with optional filters), not both")
     if everything:
@@ -166,7 +216,7 @@ def _chosen(
     for entry_id in ids or []:
         entry = store.get(entry_id)
         if entry is None:
-            typer.echo(f"warning: no dead letter {entry_id}", err=True)
+            output.line(f"warning: no dead letter {entry_id}", err=True)
         else:
             found.append(entry)
     return found
@@ -197,21 +247,25 @@ def replay(
     store = _store()
     entries = _chosen(store, ids, everything, _filter(channel, event_type, status, error, since))
     if dry_run:
+        replayable = [entry for entry in entries if isinstance(entry, DeadLetter)]
         for entry in entries:
-            typer.echo(
-                f"would replay {entry.id} ({entry.status}, {entry.event_type}, {entry.channel})"
-            )
-        typer.echo(f"{len(entries)} would be replayed")
+            if isinstance(entry, CorruptEntry):
+                output.line(f"would fail {entry.id}: {CORRUPT_REASON}")
+            else:
+                output.line(
+                    f"would replay {entry.id} ({entry.status}, {entry.event_type}, {entry.channel})"
+                )
+        output.line(f"{len(replayable)} would be replayed")
         return
     runtime = create_app(get_settings()).runtime
     results = store.replay(entries, lambda entry: replay_entry(entry, runtime))
     for result in results:
         if result.error:
-            typer.echo(f"error: {result.entry_id}: {result.error}", err=True)
+            output.line(f"failed {result.entry_id}: {result.error}")
         else:
-            typer.echo(f"replayed {result.entry_id}: {result.done}")
+            output.line(f"replayed {result.entry_id}: {result.done}")
     failed = sum(1 for result in results if result.error)
-    typer.echo(f"{len(results) - failed} replayed, {failed} could not be replayed")
+    output.line(f"{len(results) - failed} replayed, {failed} could not be replayed")
     if failed:
         raise typer.Exit(1)
 
@@ -233,9 +287,9 @@ def purge(
     store = _store()
     entries = _chosen(store, ids, everything, _filter(channel, event_type, status, error, since))
     if not yes:
-        typer.echo(f"{len(entries)} entries match; add --yes to delete them", err=True)
+        output.line(f"{len(entries)} entries match; add --yes to delete them", err=True)
         raise typer.Exit(1)
-    typer.echo(f"{store.purge(entries)} purged")
+    output.line(f"{store.purge(entries)} purged")
 
 
 @app.command()
@@ -243,10 +297,10 @@ def stats(as_json: JsonOpt = False) -> None:
     """Counts by status, channel, event type and error fingerprint."""
     counts = _store().stats()
     if as_json:
-        typer.echo(json.dumps(counts, indent=2))
+        output.document(counts)
         return
-    typer.echo(f"total: {counts['total']}")
+    output.line(f"total: {counts['total']}")
     for group in ("by_status", "by_channel", "by_type", "by_fingerprint"):
-        typer.echo(f"{group.removeprefix('by_')}:")
+        output.line(f"{group.removeprefix('by_')}:")
         for name, count in sorted(counts[group].items(), key=lambda item: -item[1]):
-            typer.echo(f"  {count:>6}  {name}")
+            output.line(f"  {count:>6}  {name}")

@@ -3,19 +3,19 @@
 ``health`` runs the checks in ``notifier.health`` and exits 1 when one fails
 (a container healthcheck). ``stats`` reads Redis: queue lengths, what the
 workers hold, outcomes over the last hour and dead letters by fingerprint.
-Both take ``--json``; neither prints a secret or a raw address.
+Both take ``--json``; neither prints a secret or a raw address, and what they
+print from Redis goes out inert (``notifier.cli.output``).
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
 from typing import Annotated, Any
 
 import redis
 import typer
 
 from notifier import keys
+from notifier.cli import output
 from notifier.redaction import redact_text
 
 __all__ = ["collect_stats", "health", "stats"]
@@ -23,14 +23,6 @@ __all__ = ["collect_stats", "health", "stats"]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
 _MARKS = {"ok": "ok", "warn": "WARN", "fail": "FAIL"}
-
-
-def _table(rows: Sequence[tuple[str, ...]]) -> list[str]:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return [
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    ]
 
 
 def health(as_json: JsonOpt = False) -> None:
@@ -43,13 +35,12 @@ def health(as_json: JsonOpt = False) -> None:
 
     report = run_checks(get_settings())
     if as_json:
-        typer.echo(json.dumps(report.as_dict(), indent=2))
+        output.document(report.as_dict())
     else:
         rows: list[tuple[str, ...]] = [("CHECK", "STATUS", "DETAIL")]
         rows += [(c.name, _MARKS[c.status], redact_text(c.detail)) for c in report.checks]
-        for line in _table(rows):
-            typer.echo(line)
-        typer.echo("healthy" if report.healthy else "UNHEALTHY")
+        output.table(rows)
+        output.line("healthy" if report.healthy else "UNHEALTHY")
     if not report.healthy:
         raise typer.Exit(1)
 
@@ -90,29 +81,28 @@ def _print_stats(document: dict[str, Any]) -> None:
     rows: list[tuple[str, ...]] = [("QUEUE", "READY", "HELD", "SCHEDULED")]
     for queue, counts in document["queues"].items():
         rows.append((queue, str(counts["ready"]), str(counts["held"]), str(counts["scheduled"])))
-    for line in _table(rows):
-        typer.echo(line)
+    output.table(rows)
     if not document["held_complete"]:
-        typer.echo(f"(held by queue counts a sample; {document['held_total']} held in all)")
+        output.line(f"(held by queue counts a sample; {document['held_total']} held in all)")
 
     recent = document["outcomes_last_hour"]
-    typer.echo(f"\nDeliveries in the last hour: {recent['total']}")
+    output.line()
+    output.line(f"Deliveries in the last hour: {recent['total']}")
     if recent["total"]:
         rows = [("CHANNEL", "OUTCOME", "COUNT")]
         for channel, counts in recent["by_channel"].items():
             rows += [(channel, outcome, str(count)) for outcome, count in counts.items()]
-        for line in _table(rows):
-            typer.echo("  " + line)
+        output.table(rows, indent="  ")
 
     dead = document["dead_letters"]
-    typer.echo(f"\nDead letters: {dead['total']}")
+    output.line()
+    output.line(f"Dead letters: {dead['total']}")
     if dead["total"]:
         rows = [("COUNT", "FINGERPRINT", "LAST FAILED", "ERROR")]
         for fingerprint, group in dead["by_fingerprint"].items():
             error = group["error"] if len(group["error"]) <= 80 else group["error"][:77] + "..."
-            rows.append((str(group["count"]), fingerprint, group["last_failed_at"], error))
-        for line in _table(rows):
-            typer.echo("  " + line)
+            rows.append((str(group["count"]), fingerprint, str(group["last_failed_at"]), error))
+        output.table(rows, indent="  ")
 
 
 def stats(as_json: JsonOpt = False) -> None:
@@ -127,11 +117,11 @@ def stats(as_json: JsonOpt = False) -> None:
     try:
         document = collect_stats(client)
     except (redis.RedisError, OSError) as exc:
-        typer.echo(f"error: cannot read Redis: {type(exc).__name__}: {exc}", err=True)
+        output.line(f"error: cannot read Redis: {type(exc).__name__}: {exc}", err=True)
         raise typer.Exit(2) from None
     finally:
         client.close()
     if as_json:
-        typer.echo(json.dumps(document, indent=2))
+        output.document(document)
     else:
         _print_stats(document)

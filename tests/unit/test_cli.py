@@ -1,19 +1,26 @@
-"""The ``notifier`` command line: schema, preview, publish's validation, input parsing."""
+"""The ``notifier`` command line: schema, preview, publish's validation, input parsing;
+``dlq`` and ``stats`` on fakeredis: inert output, corrupt entries, one recipient."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
+import fakeredis
 import pytest
 from typer.testing import CliRunner
 
 import notifier.client
+import notifier.runtime
 import notifier.settings
+from notifier import keys
 from notifier.cli import app, parse_input
+from notifier.deadletter import DeadLetter, DeadLetterStore
 from notifier.errors import InvalidEventError, PublishError
-from notifier.events import SUPPORTED_TYPES
+from notifier.events import SUPPORTED_TYPES, parse_event
+from notifier.planner import plan
 from tests import samples
 from tests.conftest import make_settings
 
@@ -286,3 +293,180 @@ def test_parse_input_reports_every_bad_line() -> None:
 def test_parse_input_refuses_empty_input(text: str) -> None:
     with pytest.raises(InvalidEventError, match="input is empty"):
         parse_input(text)
+
+
+# --- dlq and stats: what reaches the operator's terminal ---------------------------------
+
+# An event type and id a hostile producer chose: an OSC 8 hyperlink, a window title, a C1
+# CSI, a right-to-left override, DEL, line erase and cursor up, and a line of its own.
+HOSTILE_TYPE = (
+    "\x1b]8;;https://evil.example/\x1b\\booking.created\x1b]8;;\x1b\\"
+    "\x1b]0;pwned\x07\x9b2J\u202egnp.exe\u2066\x7f\nreplayed 00000000: forged"
+)
+HOSTILE_ID = "\x1b[2K\x1b[1Aok\r"
+ACTIVE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+@pytest.fixture
+def dead_letters(monkeypatch: pytest.MonkeyPatch) -> DeadLetterStore:
+    """The store every dlq and stats command reads: fakeredis instead of REDIS_URL."""
+    client = fakeredis.FakeRedis()
+    monkeypatch.setattr(notifier.runtime, "redis_client", lambda settings: client)
+    return DeadLetterStore(client)
+
+
+@pytest.fixture
+def hostile_entry(dead_letters: DeadLetterStore) -> DeadLetter:
+    return dead_letters.reject(
+        {"type": HOSTILE_TYPE, "event_id": HOSTILE_ID}, [f"type: unknown type {HOSTILE_TYPE}"]
+    )
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["dlq", "list"],
+        ["dlq", "list", "--json"],
+        ["dlq", "show", "{id}"],
+        ["dlq", "show", "{id}", "--json"],
+        ["dlq", "stats"],
+        ["dlq", "stats", "--json"],
+        ["dlq", "replay", "--all", "--dry-run"],
+        ["dlq", "purge", "--all"],
+        ["stats"],
+        ["stats", "--json"],
+    ],
+    ids=" ".join,
+)
+def test_stored_text_reaches_the_terminal_inert(
+    runner: CliRunner, hostile_entry: DeadLetter, command: list[str]
+) -> None:
+    result = runner.invoke(app, [part.format(id=hostile_entry.id) for part in command])
+
+    output = result.stdout + result.stderr
+    assert ACTIVE.search(output) is None, repr(output)
+    assert "\nreplayed 00000000: forged" not in output
+
+
+def test_show_prints_the_escapes_for_the_operator_to_read(
+    runner: CliRunner, hostile_entry: DeadLetter
+) -> None:
+    result = runner.invoke(app, ["dlq", "show", hostile_entry.id])
+
+    assert "\\u001b]8;;https://evil.example/" in result.stdout
+    assert "\\u202egnp.exe" in result.stdout
+
+
+def test_json_output_still_parses_to_the_stored_text(
+    runner: CliRunner, hostile_entry: DeadLetter
+) -> None:
+    result = runner.invoke(app, ["dlq", "show", hostile_entry.id, "--json"])
+
+    assert json.loads(result.stdout)["event_type"] == HOSTILE_TYPE
+
+
+# --- dlq with a corrupt entry ------------------------------------------------------------
+
+
+def plant_corrupt(store: DeadLetterStore, entry_id: str = "corrupt-1") -> None:
+    store._redis.set(keys.dlq_entry(entry_id), b"{not json \x1b]0;pwned\x07")
+    store._redis.zadd(keys.DLQ_INDEX, {entry_id: 1_764_151_200.0})
+
+
+def test_list_json_shows_a_corrupt_entry_with_null_fields(
+    runner: CliRunner, dead_letters: DeadLetterStore
+) -> None:
+    plant_corrupt(dead_letters)
+
+    result = runner.invoke(app, ["dlq", "list", "--json"])
+
+    assert result.exit_code == 0, result.stderr
+    [row] = json.loads(result.stdout)
+    assert row["id"] == "corrupt-1"
+    assert row["status"] == "corrupt"
+    assert row["failed_at"] == "2025-11-26T10:00:00.000Z"
+    assert {name for name, value in row.items() if value is not None} == {
+        "id",
+        "status",
+        "failed_at",
+    }
+
+
+def test_show_prints_a_corrupt_entry_raw_and_inert(
+    runner: CliRunner, dead_letters: DeadLetterStore
+) -> None:
+    plant_corrupt(dead_letters)
+
+    result = runner.invoke(app, ["dlq", "show", "corrupt-1"])
+
+    assert result.exit_code == 0, result.stderr
+    assert "corrupt" in result.stdout
+    assert "{not json \\u001b]0;pwned\\u0007" in result.stdout
+
+
+def test_show_json_of_a_corrupt_entry_holds_the_raw_document(
+    runner: CliRunner, dead_letters: DeadLetterStore
+) -> None:
+    plant_corrupt(dead_letters)
+
+    result = runner.invoke(app, ["dlq", "show", "corrupt-1", "--json"])
+
+    shown = json.loads(result.stdout)
+    assert (shown["status"], shown["raw"]) == ("corrupt", "{not json \x1b]0;pwned\x07")
+
+
+def test_replay_reports_a_corrupt_entry_as_failed_and_keeps_it(
+    runner: CliRunner, dead_letters: DeadLetterStore
+) -> None:
+    plant_corrupt(dead_letters)
+
+    result = runner.invoke(app, ["dlq", "replay", "corrupt-1"])
+
+    assert result.exit_code == 1
+    assert "failed corrupt-1: corrupt entry" in result.stdout.splitlines()
+    assert dead_letters.count() == 1
+
+
+def test_purge_status_corrupt_deletes_only_the_corrupt_entries(
+    runner: CliRunner, dead_letters: DeadLetterStore
+) -> None:
+    plant_corrupt(dead_letters)
+    kept = dead_letters.reject({"type": "nope"}, ["type: unknown type"])
+
+    result = runner.invoke(app, ["dlq", "purge", "--all", "--status", "corrupt", "--yes"])
+
+    assert result.exit_code == 0, result.stderr
+    assert [entry.id for entry in dead_letters] == [kept.id]
+
+
+# --- dlq list: the address replay would send to ------------------------------------------
+
+
+def test_list_shows_the_address_replay_sends_to(
+    runner: CliRunner, dead_letters: DeadLetterStore
+) -> None:
+    delivery = plan(parse_event(samples.user_registered()))[0]
+    entry = dead_letters.add_delivery(
+        delivery, status="failed", error="PermanentError: 550", history=[]
+    )
+    document = json.loads(entry.model_dump_json())
+    document["recipient"] = "mallory@evil.example"
+    dead_letters._redis.set(keys.dlq_entry(entry.id), json.dumps(document))
+
+    result = runner.invoke(app, ["dlq", "list", "--json"])
+
+    [row] = json.loads(result.stdout)
+    assert row["recipient"] == "a***@example.com"
+
+
+def test_publish_prints_what_is_wrong_with_an_event_inert(
+    runner: CliRunner, tmp_path: Path, published: list[list[Any]]
+) -> None:
+    # pydantic quotes the offending character of a UUID as it is.
+    event = write_event(tmp_path, samples.user_registered(event_id="\x1b]0;pwned\x07"))
+
+    result = runner.invoke(app, ["publish", str(event)])
+
+    assert result.exit_code == 1
+    assert ACTIVE.search(result.stdout + result.stderr) is None
+    assert "\\u001b" in result.stderr
