@@ -8,12 +8,17 @@ CPU (README, "Performance"). The format written here is small and fixed, so
 it is written directly, and the tests parse every message back with the
 ``email`` package (``policy.default``) to check it.
 
-Header safety does not depend on the writer being careful: every value is
-refused before it is written if it holds any line break ``str.splitlines``
-knows (CR, LF, VT, FF, FS, GS, RS, NEL, U+2028, U+2029) or NUL, or if it
-decodes, as an RFC 2047 encoded-word, to one. Display names and subjects
-that are not plain printable ASCII are written as base64 encoded-words, so
-what a receiver decodes is exactly the text we were given.
+Header safety does not depend on the writer being careful. The recipient's
+name and address and the subject are held to the event contract's own rules
+(``notifier.events``: one line, no control or format characters, a valid
+address without "=?"), so compose writes exactly what validation accepts,
+whether the delivery came from an event or from a job that skipped
+``parse_event``. The sender, from ``MAIL_DEFAULT_SENDER``, is refused if it
+holds any line break ``str.splitlines`` knows (CR, LF, VT, FF, FS, GS, RS,
+NEL, U+2028, U+2029) or NUL. Display names and subjects that are not plain
+printable ASCII, or that hold "=?", are written as base64 encoded-words, so
+what a receiver decodes is exactly the text we were given, never a header
+hidden inside an encoded-word of the producer's.
 """
 
 from __future__ import annotations
@@ -21,16 +26,14 @@ from __future__ import annotations
 import binascii
 import re
 from base64 import b64encode
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from email.errors import HeaderParseError
-from email.header import decode_header, make_header
 from email.headerregistry import Address
 from email.utils import format_datetime, parseaddr
 
-from email_validator import EmailNotValidError, validate_email
-
 from notifier.errors import ConfigurationError, PermanentError
+from notifier.events import email_address, header_text, person_name
 from notifier.planner import Delivery
 from notifier.templates import RenderedEmail
 
@@ -62,8 +65,12 @@ class SmsMessage:
 _LINE_BREAKS = re.compile("[\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029\x00]")
 
 # An address as email-validator normalizes it (dot-atom local part, no
-# quotes, no comments): anything else came from a tampered stored delivery.
+# quotes, no comments): a second guard behind the contract's own check.
 _PLAIN_ADDRESS = re.compile(r'[^\s<>()\[\]\\,;:@"]+@[^\s<>()\[\]\\,;:@"]+')
+
+# A delivery id goes into Message-ID and the MIME boundary: a UUID from the
+# planner, or a token of the same characters.
+_DELIVERY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9:._-]{0,99}")
 
 # A display name that is words of RFC 5322 atext, single-spaced, is written as
 # it is; any other (specials, runs of spaces) as a quoted-string, so receivers
@@ -82,31 +89,32 @@ _WORD_BYTES = 39
 
 
 def _header_safe(value: str, what: str) -> str:
-    """Refuse a header value that is, or decodes to, more than one line.
+    """Refuse a header value that is more than one line, or not valid Unicode.
 
-    Receiving software decodes RFC 2047 encoded-words it finds in a value
-    (``=?utf-8?b?...?=``), and some writes the decoded text back out, so an
-    encoded CR/LF would become a real one: a second header, or the start of
-    the body. Checking the decoded form closes that door too.
+    Nothing is written raw that holds "=?" (``_is_plain``), so a receiver's
+    RFC 2047 decoder never meets an encoded-word we did not write ourselves.
     """
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        # A lone surrogate from a stored delivery: no mail software can carry it.
+        # A lone surrogate: no mail software can carry it.
         raise PermanentError(f"{what} is not valid Unicode (lone surrogate)") from None
-    decoded = value
-    if "=?" in value:
-        try:
-            decoded = str(make_header(decode_header(value)))
-        except (HeaderParseError, LookupError, UnicodeDecodeError, ValueError) as exc:
-            raise PermanentError(f"{what} has a malformed encoded-word: {exc}") from None
-    for text in (value, decoded):
-        if _LINE_BREAKS.search(text):
-            raise PermanentError(
-                f"{what} contains CR/LF, another line break or NUL: "
-                "refusing to build a mail header from it"
-            )
+    if _LINE_BREAKS.search(value):
+        raise PermanentError(
+            f"{what} contains CR/LF, another line break or NUL: "
+            "refusing to build a mail header from it"
+        )
     return value
+
+
+def _contract(rule: Callable[[str], str], value: object, what: str) -> str:
+    """``value`` under one of the event contract's rules, or a PermanentError saying why."""
+    if not isinstance(value, str):
+        raise PermanentError(f"{what} is missing or not text")
+    try:
+        return rule(value)
+    except ValueError as exc:
+        raise PermanentError(f"{what}: {exc}: refusing to build a mail header from it") from None
 
 
 def _encoded_words(text: str) -> str:
@@ -145,10 +153,12 @@ def _mailbox(name: str, address: str) -> str:
     return f'"{escaped}" <{address}>'
 
 
-def _address(value: str, what: str) -> str:
-    _header_safe(value, what)
+def _address(value: object, what: str) -> str:
+    _contract(email_address, value, what)
+    assert isinstance(value, str)  # _contract refused anything else
     if not _PLAIN_ADDRESS.fullmatch(value):
         raise PermanentError(f"{what} is not a plain address: refusing to build a mail header")
+    # As given, not normalized: the SMTP envelope is sent to this very string.
     return value
 
 
@@ -169,8 +179,8 @@ def parse_sender(sender: str | None) -> Address:
     _header_safe(sender, "MAIL_DEFAULT_SENDER")
     name, addr = parseaddr(sender)
     try:
-        addr = validate_email(addr, check_deliverability=False).normalized
-    except EmailNotValidError as exc:
+        addr = email_address(addr)
+    except ValueError as exc:
         raise ConfigurationError(f"MAIL_DEFAULT_SENDER is not a valid address: {exc}") from None
     return Address(display_name=name, addr_spec=addr)
 
@@ -185,14 +195,12 @@ def compose_email(
     the MIME boundary: it starts with ``=_``, which quoted-printable can never
     produce, so no body can contain it.
     """
-    name = _header_safe(str(delivery.recipient.get("name") or ""), "recipient name")
-    if "=?" in name:
-        # Even malformed encoded-words (=??Q?=3B) are decoded by some mail
-        # software; a stored delivery skips event validation, so check again.
-        raise PermanentError("recipient name contains '=?': refusing a possible encoded-word")
+    name = _contract(person_name, delivery.recipient.get("name"), "recipient name")
     address = _address(delivery.address, "recipient address")
-    subject = _header_safe(rendered.subject, "subject")
+    subject = _contract(header_text, rendered.subject, "subject")
     sender_name = _header_safe(sender.display_name, "sender name")
+    if not _DELIVERY_ID.fullmatch(delivery.delivery_id):
+        raise PermanentError("delivery_id is not a plain token: refusing to build a Message-ID")
     message_id = f"<{delivery.delivery_id}@{sender.domain}>"
     boundary = f"=_notifier_{delivery.delivery_id}"
     head = (

@@ -46,9 +46,12 @@ __all__ = [
     "Person",
     "Slot",
     "UserRegistered",
+    "email_address",
     "event_json_schema",
+    "header_text",
     "json_type",
     "parse_event",
+    "person_name",
 ]
 
 MAX_EVENT_BYTES = 64 * 1024
@@ -100,6 +103,11 @@ def _no_control_except_newlines(value: str) -> str:
 def _email(value: str) -> str:
     if "\r" in value or "\n" in value:
         raise ValueError("must not contain CR or LF")
+    if "=?" in value:
+        # RFC 5322 allows it, but mail software (Python's email package among
+        # it) decodes encoded-words inside an address, and an address cannot be
+        # written encoded the way a name is: "=?" could smuggle a line break.
+        raise ValueError("must not contain '=?' (it starts an RFC 2047 encoded-word)")
     normalized = email_fast_path(value)
     if normalized is not None:
         return normalized
@@ -161,20 +169,14 @@ def _rfc3339(moment: datetime) -> str:
     return moment.isoformat().replace("+00:00", "Z")
 
 
-def _no_encoded_words(value: str) -> str:
-    # Mail software decodes "=?charset?b?...?=" in a display name; a name must
-    # say what it says, not smuggle header text (see compose._header_safe).
-    if "=?" in value and "?=" in value:
-        raise ValueError("must not contain RFC 2047 encoded-words (=?...?=)")
-    return value
-
-
 SingleLine = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
     AfterValidator(_no_control_characters),
 ]
-Name = Annotated[SingleLine, AfterValidator(_no_encoded_words)]
+# Names may hold "=?": compose writes any such text as encoded-words of its
+# own, so a reader decodes exactly the characters given.
+Name = SingleLine
 EmailAddress = Annotated[
     str,
     StringConstraints(max_length=320),
@@ -282,6 +284,39 @@ Event: TypeAlias = Annotated[
 ]
 
 _EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+_NAME_ADAPTER: TypeAdapter[str] = TypeAdapter(Name, config=ConfigDict(strict=True))
+_EMAIL_ADAPTER: TypeAdapter[str] = TypeAdapter(EmailAddress, config=ConfigDict(strict=True))
+
+
+# The contract's rules for single values, for compose: a delivery that skipped
+# parse_event (a job on the queue, a replayed dead letter) is held to them too,
+# so the two sides never disagree on what may be sent.
+
+
+def person_name(value: str) -> str:
+    """A person's name as the contract keeps it (outer blanks stripped); ValueError if invalid."""
+    return _validate_one(_NAME_ADAPTER, value)
+
+
+def email_address(value: str) -> str:
+    """An email address as the contract normalizes it; ValueError if invalid."""
+    return _validate_one(_EMAIL_ADAPTER, value)
+
+
+def header_text(value: str) -> str:
+    """``value`` if the contract lets it into a single-line field; ValueError if not.
+
+    One line, no control, format, surrogate or line-separator characters.
+    """
+    return _no_control_characters(value)
+
+
+def _validate_one(adapter: TypeAdapter[str], value: str) -> str:
+    try:
+        return adapter.validate_python(value)
+    except ValidationError as exc:
+        problems = (error["msg"].removeprefix("Value error, ") for error in exc.errors())
+        raise ValueError("; ".join(problems)) from None
 
 
 def _describe(exc: ValidationError, event_type: str) -> list[str]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import uuid
 from base64 import b64encode
+from email.header import decode_header, make_header
 from typing import Any
 
 import pytest
@@ -203,6 +204,18 @@ def assert_nothing_injected(received: list[ReceivedEmail]) -> None:
         assert [address.addr_spec for address in message["To"].addresses] == list(mail.rcpt_tos)
 
 
+def display_name_as_sent(mail: ReceivedEmail) -> str:
+    """The To display name as an RFC 2047 decoder reads it.
+
+    The email package keeps the folding space between two encoded-words
+    (RFC 2047 §6.2 drops it, as mail clients do), so decode by the standard.
+    """
+    unfolded = headers_of(mail).decode("ascii").replace("\r\n ", " ")
+    [to] = [line for line in unfolded.split("\r\n") if line.startswith("To: ")]
+    phrase = to.removeprefix("To: ").rsplit(" <", 1)[0]
+    return str(make_header(decode_header(phrase)))
+
+
 def the_rejected_entry(dead_letters: DeadLetterStore) -> DeadLetter:
     entries = eventually(lambda: list(dead_letters), timeout=2, what="a dead-letter entry")
     [entry] = entries
@@ -285,7 +298,7 @@ def test_an_encoded_word_in_a_name_never_becomes_a_header(
     to_ada = [mail for mail in received if mail.rcpt_tos == ("ada@example.com",)]
     if to_ada:  # accepted: then the name is shown as it was given
         [mail] = to_ada
-        assert mail.message()["To"].addresses[0].display_name == name
+        assert display_name_as_sent(mail) == name
     else:  # refused: then it is kept, not lost
         assert dead_letters.count() == 1
 

@@ -276,6 +276,23 @@ def test_an_invalid_email_is_rejected(email: str) -> None:
     assert "user.email" in fields_named(errors)
 
 
+@pytest.mark.parametrize(
+    "email",
+    [
+        pytest.param("=?utf-8?q?=0D=0ABcc:_evil?=@example.com", id="encoded-word-local-part"),
+        pytest.param("ada=?x@example.com", id="encoded-word-opener"),
+    ],
+)
+def test_an_email_with_an_encoded_word_opener_is_rejected(email: str) -> None:
+    # Valid RFC 5322 atext, but mail software (Python's email package among
+    # them) decodes encoded-words inside an address, and an address cannot be
+    # written encoded: compose could not send to it.
+    errors = rejection(with_user(email=email))
+
+    assert "user.email" in fields_named(errors)
+    assert "=?" in " ".join(errors)
+
+
 def test_an_email_is_normalized_with_its_domain_lower_cased() -> None:
     event = parse_event(with_user(email="ada@Example.COM"))
 
@@ -348,6 +365,23 @@ def test_an_invalid_name_is_rejected(name: str) -> None:
 
 @pytest.mark.parametrize("name", ["Zoë Ångström", "李雷", "a" * 200])
 def test_a_name_of_up_to_200_characters_in_any_script_is_accepted(name: str) -> None:
+    event = parse_event(with_user(name=name))
+
+    assert isinstance(event, UserRegistered)
+    assert event.user.name == name
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param("Zoë =? not a word", id="encoded-word-opener"),
+        pytest.param("=?utf-8?q?=0D=0ABcc:_evil@attacker.example?=", id="q-encoded-word"),
+        pytest.param("Ada ?= Lovelace =?", id="markers-in-any-order"),
+    ],
+)
+def test_a_name_that_looks_like_an_encoded_word_is_accepted_as_it_is(name: str) -> None:
+    # compose writes such a name as an encoded-word of its own, so a reader
+    # decodes exactly these characters (tests/unit/test_validation_agrees_with_compose.py).
     event = parse_event(with_user(name=name))
 
     assert isinstance(event, UserRegistered)

@@ -48,6 +48,8 @@ def outcome(check: Callable[[str], str], value: str) -> Outcome:
 def reference_email(value: str) -> str:
     if any(char in value for char in "\r\n"):
         raise ValueError("must not contain CR or LF")
+    if "=?" in value:
+        raise ValueError("must not contain '=?' (it starts an RFC 2047 encoded-word)")
     try:
         return validate_email(value, check_deliverability=False).normalized
     except EmailNotValidError as exc:
