@@ -222,6 +222,22 @@ def test_recipient_address_with_a_line_break_is_refused(
         compose_email(tampered, RENDERED, sender, NOW)
 
 
+@pytest.mark.parametrize(
+    "delivery_id",
+    ["d-1>\r\nBcc: victim@example.com\r\nX-Note: <x", 'd-1"\r\n\r\nbody', "", "-1"],
+    ids=["crlf-bcc", "boundary-quote", "empty", "leading-hyphen"],
+)
+def test_a_delivery_id_that_is_not_a_plain_token_is_refused(
+    delivery: Delivery, sender: Address, delivery_id: str
+) -> None:
+    # It is written into Message-ID and the MIME boundary; a job on the queue
+    # can carry any string there.
+    tampered = delivery.model_copy(update={"delivery_id": delivery_id})
+
+    with pytest.raises(PermanentError, match="delivery_id"):
+        compose_email(tampered, RENDERED, sender, NOW)
+
+
 def test_every_serialized_line_ends_in_crlf(delivery: Delivery, sender: Address) -> None:
     data = compose_email(delivery, RENDERED, sender, NOW).data
 
