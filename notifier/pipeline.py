@@ -24,7 +24,7 @@ from notifier.channels.sms import segments
 from notifier.compose import compose_email, compose_sms
 from notifier.deadletter import AttemptRecord, DeadLetter, Status
 from notifier.errors import InvalidEventError, NotifierError, PermanentError, TransientError
-from notifier.events import json_type, parse_event
+from notifier.events import Event, json_type, parse_event
 from notifier.ledger import ClaimState
 from notifier.logs import get_logger
 from notifier.planner import Delivery, plan, sms_fallback
@@ -36,6 +36,7 @@ __all__ = [
     "count_redelivery",
     "deliver",
     "handle_event",
+    "parse_job",
     "reject",
     "replay",
     "run_job",
@@ -132,14 +133,65 @@ def reject(raw: object, errors: list[str], rt: Runtime) -> None:
 
 
 def deliver(raw_job: object, rt: Runtime) -> Outcome | None:
-    """Run the job given to ``notifier.deliver`` (a retry, a replay or an SMS)."""
+    """Run the job given to ``notifier.deliver`` (a retry, a replay or an SMS).
+
+    A job that is not what its event calls for is rejected before anything
+    else happens: no claim is taken, nothing is rendered.
+    """
+    try:
+        job = parse_job(raw_job)
+    except InvalidEventError as exc:
+        reject(raw_job, ["notifier.deliver job: " + message for message in exc.errors], rt)
+        return None
+    return run_job(job, rt)
+
+
+# Every field of a delivery but the event it carries: where, what and until when.
+_ROUTING = tuple(name for name in Delivery.model_fields if name != "event")
+
+
+def parse_job(raw_job: object) -> Job:
+    """A ``notifier.deliver`` argument, held to what its event calls for.
+
+    Anyone who can write to the queue can write a job, so a job is believed
+    only as far as its event goes: the event must pass the contract again,
+    and the delivery must be one that planning that event gives (or the
+    email standing in for one of its SMS), field for field: the role, the
+    address, the deadline of a reset link. The job returned carries the
+    event as validated. Raises ``InvalidEventError`` listing the problems.
+    """
     try:
         job = Job.model_validate(raw_job)
     except ValidationError as exc:
-        errors = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
-        reject(raw_job, ["notifier.deliver job: " + message for message in errors], rt)
-        return None
-    return run_job(job, rt)
+        raise InvalidEventError(
+            [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+        ) from None
+    delivery = job.delivery
+    try:
+        event = parse_event(delivery.event)
+    except InvalidEventError as exc:
+        raise InvalidEventError([f"delivery.event.{message}" for message in exc.errors]) from None
+    if not isinstance(delivery.event.get(delivery.role), dict):
+        raise InvalidEventError([f"delivery.role: {delivery.role!r} is not a person in its event"])
+    planned = _planned(event, delivery.delivery_id)
+    if planned is None:
+        raise InvalidEventError(["delivery.delivery_id: not a delivery its event calls for"])
+    mismatched = [name for name in _ROUTING if getattr(delivery, name) != getattr(planned, name)]
+    if mismatched:
+        raise InvalidEventError(
+            [f"delivery.{name}: not what its event calls for" for name in mismatched]
+        )
+    return job.model_copy(update={"delivery": planned})
+
+
+def _planned(event: Event, delivery_id: str) -> Delivery | None:
+    for planned in plan(event):
+        if planned.delivery_id == delivery_id:
+            return planned
+        fallback = sms_fallback(planned)
+        if fallback is not None and fallback.delivery_id == delivery_id:
+            return fallback
+    return None
 
 
 def run_job(job: Job, rt: Runtime) -> Outcome:

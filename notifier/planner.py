@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from notifier.errors import PermanentError
 from notifier.events import (
     BookingCancelled,
     BookingCreated,
@@ -56,7 +57,10 @@ class Delivery(BaseModel):
     @property
     def recipient(self) -> dict[str, Any]:
         """The person this delivery is for, as the event describes them."""
-        person: dict[str, Any] = self.event[self.role]
+        person = self.event.get(self.role)
+        if not isinstance(person, dict):
+            # Only a job that skipped pipeline.parse_job gets here.
+            raise PermanentError(f"delivery.role {self.role!r} is not a person in its event")
         return person
 
 
@@ -119,7 +123,8 @@ def sms_fallback(delivery: Delivery) -> Delivery | None:
     sent once however often the SMS fails, and never collides with the
     event's regular email to that person.
     """
-    email = delivery.recipient.get("email")
+    person = delivery.event.get(delivery.role)
+    email = person.get("email") if isinstance(person, dict) else None
     if delivery.channel != "sms" or not isinstance(email, str) or not email:
         return None
     return delivery.model_copy(

@@ -28,7 +28,7 @@ from notifier.pipeline import (
     run_job,
     task_failed,
 )
-from notifier.planner import Delivery, plan
+from notifier.planner import Delivery, plan, sms_fallback
 from notifier.runtime import Runtime
 from tests import samples
 from tests.conftest import make_settings
@@ -299,6 +299,87 @@ def test_deliver_rejects_attempt_zero(world: World) -> None:
     (entry,) = world.dead_letters
     assert entry.status == "rejected"
     assert world.smtp.sent == []
+
+
+# --- forged jobs: a job on the queue is held to what its event calls for ---------------
+
+
+def forged(job: Job, **delivery: Any) -> dict[str, Any]:
+    """The job as JSON, with delivery fields replaced, as anyone with queue access may send it."""
+    raw = job.model_dump(mode="json")
+    return {**raw, "delivery": {**raw["delivery"], **delivery}}
+
+
+def assert_rejected_unsent(world: World, raw_job: dict[str, Any], reason: str) -> None:
+    assert deliver(raw_job, world.rt) is None
+
+    (entry,) = world.dead_letters
+    assert entry.status == "rejected"
+    assert reason in entry.error
+    assert world.smtp.sent == []
+    assert world.scheduler.scheduled == []
+    # No claim was taken, so none is left behind to block a real delivery.
+    assert world.rt.ledger.state(raw_job["delivery"]["delivery_id"]) is None
+
+
+def test_a_job_whose_role_is_not_in_its_event_is_rejected_without_a_claim(world: World) -> None:
+    job = email_job(samples.user_registered())
+
+    assert_rejected_unsent(world, forged(job, role="admin"), "delivery.role")
+
+
+def test_a_job_whose_recipient_is_not_a_person_is_rejected_without_a_claim(world: World) -> None:
+    job = email_job(samples.user_registered())
+    event = {**job.delivery.event, "user": "ada@example.com"}
+
+    assert_rejected_unsent(world, forged(job, event=event), "delivery.event.user")
+
+
+def test_a_job_whose_event_breaks_the_contract_is_rejected(world: World) -> None:
+    job = email_job(samples.user_registered())
+    user = {**job.delivery.event["user"], "name": "Ada\r\nBcc: evil@attacker.example"}
+
+    raw = forged(job, event={**job.delivery.event, "user": user})
+
+    assert_rejected_unsent(world, raw, "delivery.event.user.name")
+
+
+def test_a_job_sending_to_an_address_its_event_does_not_name_is_rejected(world: World) -> None:
+    job = email_job(samples.user_registered())
+
+    assert_rejected_unsent(world, forged(job, address="evil@attacker.example"), "delivery.address")
+
+
+def test_a_password_reset_job_without_a_deadline_is_rejected(make_world: MakeWorld) -> None:
+    event = samples.password_reset_requested()
+    world = make_world(clock=lambda: occurred_at(event) + timedelta(days=3))
+
+    raw = forged(email_job(event), not_after=None)
+
+    assert_rejected_unsent(world, raw, "delivery.not_after")
+
+
+def test_a_password_reset_job_with_a_later_deadline_than_its_event_is_rejected(
+    make_world: MakeWorld,
+) -> None:
+    event = samples.password_reset_requested()
+    world = make_world(clock=lambda: occurred_at(event) + timedelta(days=3))
+
+    raw = forged(email_job(event), not_after="9000-01-01T00:00:00Z")
+
+    assert_rejected_unsent(world, raw, "delivery.not_after")
+
+
+def test_a_queued_sms_fallback_email_is_sent(sms_world: World) -> None:
+    sms = next(d for d in plan(parse_event(samples.booking_created())) if d.channel == "sms")
+    fallback = sms_fallback(sms)
+    assert fallback is not None
+
+    result = deliver(Job(delivery=fallback).model_dump(mode="json"), sms_world.rt)
+
+    assert result is not None
+    assert result.outcome == "sent"
+    assert [email.recipient for email in sms_world.smtp.sent] == ["ada@example.com"]
 
 
 # --- idempotency -------------------------------------------------------------------
