@@ -2,7 +2,8 @@
 
 Per recipient (``NOTIFIER_RATE_LIMITS``, default ``password_reset=5/h,sms=10/h``):
 a rule names a template or a channel and allows ``count`` distinct
-deliveries to one address per fixed window of ``period``. A delivery over the
+deliveries to one mailbox (``ada+1@`` and ``ada+2@`` are ``ada@``) per fixed
+window of ``period``. A delivery over the
 cap is not sent; it is dead-lettered as ``rate_limited`` (an operator may
 replay it). Deliveries are counted once however often they are retried.
 
@@ -22,7 +23,7 @@ import redis
 
 from notifier import keys
 
-__all__ = ["RateRule", "RecipientLimiter", "Throttle", "parse_rate_limits"]
+__all__ = ["RateRule", "RecipientLimiter", "Throttle", "mailbox", "parse_rate_limits"]
 
 _PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _RULE = re.compile(r"^\s*([a-z0-9_.-]+)\s*=\s*(\d+)\s*/\s*(\d*)\s*([smhd])\s*$")
@@ -84,7 +85,7 @@ class RecipientLimiter:
     ) -> RateRule | None:
         """The first rule this delivery would break, or None (and then it is counted)."""
         # Hash the address: Redis keys should not hold personal data in clear.
-        who = hashlib.sha256(address.strip().lower().encode()).hexdigest()[:24]
+        who = hashlib.sha256(mailbox(address).encode()).hexdigest()[:24]
         for rule in self.rules:
             if rule.name not in (template, channel):
                 continue
@@ -93,6 +94,19 @@ class RecipientLimiter:
             if not self._admit(keys=[key], args=[delivery_id, rule.limit, rule.period * 2]):
                 return rule
         return None
+
+
+def mailbox(address: str) -> str:
+    """Who a rule counts: an email address without its ``+tag``, case-folded; a number as is.
+
+    Most providers deliver ``ada+1@`` and ``ada+2@`` to ``ada@``: without the
+    cut, every tag would be a fresh allowance to flood one mailbox.
+    """
+    address = address.strip().casefold()
+    local, at, domain = address.rpartition("@")
+    if not at:
+        return address  # an E.164 number: its "+" is no tag
+    return f"{local.split('+', 1)[0]}@{domain}"
 
 
 class Throttle:

@@ -32,6 +32,18 @@ def test_a_burst_of_thirty_password_resets_to_one_address_delivers_five(
     assert "more than 5 password_reset" in limited[0].error
 
 
+def test_plus_addressed_password_resets_share_the_mailboxs_five(
+    app: NotifierCelery, smtp_sink: SmtpSink, dead_letters: DeadLetterStore
+) -> None:
+    people = [{**samples.FAN, "email": f"ada+{i}@example.com"} for i in range(6)]
+
+    publish_many([samples.password_reset_requested(user=person) for person in people], app=app)
+
+    [limited] = eventually(lambda: list(dead_letters), timeout=20, what="one limited")
+    assert limited.status == "rate_limited"
+    assert len(smtp_sink.wait_for(5, timeout=10)) == 5
+
+
 def test_an_operator_may_replay_a_rate_limited_delivery(
     app: NotifierCelery, smtp_sink: SmtpSink, dead_letters: DeadLetterStore
 ) -> None:

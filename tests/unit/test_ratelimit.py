@@ -79,6 +79,39 @@ def test_limits_are_per_recipient_and_ignore_address_case(limiter: RecipientLimi
     assert check(limiter, "g0", address="grace@example.com") is None
 
 
+def test_plus_addressed_variants_share_one_allowance(limiter: RecipientLimiter) -> None:
+    # Most providers deliver ada+anything@ to ada@: one mailbox, one allowance.
+    verdicts = [check(limiter, f"d{i}", address=f"ada+{i}@example.com") for i in range(5)]
+
+    assert verdicts == [None] * 5
+    assert check(limiter, "d5", address="ada@example.com") is not None
+    assert check(limiter, "d6", address="Ada+other+tags@example.com") is not None
+
+
+def test_mailboxes_that_differ_before_the_tag_are_counted_apart(
+    limiter: RecipientLimiter,
+) -> None:
+    for i in range(5):
+        check(limiter, f"a{i}", address=f"ada+{i}@example.com")
+
+    assert check(limiter, "b0", address="adam+1@example.com") is None
+    assert check(limiter, "c0", address="ada+1@example.org") is None
+
+
+def test_phone_numbers_are_counted_each_on_its_own() -> None:
+    # An E.164 number starts with "+": there is no tag to cut.
+    limiter = RecipientLimiter(fakeredis.FakeRedis(), (RateRule("sms", 1, 3600),))
+
+    def sms_to(number: str, delivery_id: str) -> RateRule | None:
+        return limiter.exceeded(
+            delivery_id=delivery_id, template="t", channel="sms", address=number, now=7200.0
+        )
+
+    assert sms_to("+447911123456", "s0") is None
+    assert sms_to("+447911123457", "s1") is None
+    assert sms_to("+447911123456", "s2") is not None
+
+
 def test_a_new_window_starts_afresh(limiter: RecipientLimiter) -> None:
     for i in range(5):
         check(limiter, f"d{i}", now=7200.0)
