@@ -43,7 +43,7 @@ def test_a_malformed_rule_is_named_by_its_position_not_its_text() -> None:
 
 
 def test_settings_refuse_a_malformed_rate_limit() -> None:
-    with pytest.raises(ConfigurationError, match="NOTIFIER_RATE_LIMITS: .*NAME=COUNT/PERIOD"):
+    with pytest.raises(ConfigurationError, match=r"NOTIFIER_RATE_LIMITS: .*NAME=COUNT/PERIOD"):
         make_settings(notifier_rate_limits="password_reset=lots")
 
 

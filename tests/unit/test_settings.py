@@ -202,7 +202,7 @@ def test_a_twilio_api_base_url_that_is_not_an_origin_is_rejected(url: str) -> No
 )
 def test_a_plain_http_twilio_api_base_url_off_loopback_is_refused(url: str) -> None:
     # The Twilio client sends the auth token with every request (basic auth).
-    with pytest.raises(ConfigurationError, match="TWILIO_API_BASE_URL: .*https"):
+    with pytest.raises(ConfigurationError, match=r"TWILIO_API_BASE_URL: .*https"):
         settings(twilio_api_base_url=url)
 
 
