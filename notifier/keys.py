@@ -12,6 +12,7 @@ __all__ = [
     "EVENTS_QUEUE",
     "PREFIX",
     "QUEUES",
+    "REPLAY_GRANT_TTL",
     "SMS_QUEUE",
     "STATS_OUTCOMES_TTL",
     "TRANSPORT_REJECTED",
@@ -22,6 +23,7 @@ __all__ = [
     "ledger",
     "rate_limit",
     "redeliveries",
+    "replay_grant",
     "stats_outcomes",
     "throttle",
 ]
@@ -70,6 +72,16 @@ STATS_OUTCOMES_TTL = 2 * 3600
 def rate_limit(rule: str, who: str, window: int) -> str:
     """Deliveries counted against a per-recipient rule in one window (a set; expires)."""
     return f"{PREFIX}ratelimit:{rule}:{who}:{window}"
+
+
+def replay_grant(token: str) -> str:
+    """An operator's one-time leave for one replayed delivery to skip the per-recipient
+    limits: written by ``notifier dlq replay``, holds the delivery id, taken once (GETDEL)."""
+    return f"{PREFIX}replay-grant:{token}"
+
+
+REPLAY_GRANT_TTL = 24 * 3600
+"""Seconds a replay grant waits for its job, which runs long before that even behind a backlog."""
 
 
 def throttle(provider: str, window: int) -> str:

@@ -66,8 +66,9 @@ class Job(BaseModel):
     delivery: Delivery
     attempt: int = Field(1, ge=1)
     history: list[AttemptRecord] = Field(default_factory=list)
-    replayed: bool = False
-    """An operator replayed it: per-recipient rate limits were their call to override."""
+    replay_grant: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    """An operator replayed it: the one-time grant (in Redis) to skip the per-recipient
+    limits. A job cannot give itself one; ``replay`` writes it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,8 +214,17 @@ def run_job(job: Job, rt: Runtime) -> Outcome:
         _log_outcome(job, "deferred", retry_in=round(claim.retry_after + 1.0, 1))
         return Outcome(delivery.delivery_id, "deferred")
 
+    exempt = job.replay_grant is not None and rt.recipient_limits.redeem(
+        job.replay_grant, delivery.delivery_id
+    )
+    if job.replay_grant is not None and not exempt:
+        get_logger().warning(
+            "delivery.replay_grant_refused",
+            delivery_id=delivery.delivery_id,
+            reason="unknown, spent, expired or for another delivery",
+        )
     rule = None
-    if not job.replayed:
+    if not exempt:
         rule = rt.recipient_limits.exceeded(
             delivery_id=delivery.delivery_id,
             template=delivery.template,
@@ -233,7 +243,7 @@ def run_job(job: Job, rt: Runtime) -> Outcome:
     if wait > 0:
         # Over the provider's send rate: later, not never, and not an attempt.
         rt.ledger.release(delivery.delivery_id, claim)
-        rt.scheduler.schedule(job, countdown=wait)
+        rt.scheduler.schedule(_with_leave(job, exempt, rt), countdown=wait)
         _log_outcome(job, "deferred", retry_in=round(wait, 3), reason="provider rate")
         return Outcome(delivery.delivery_id, "deferred")
 
@@ -241,10 +251,16 @@ def run_job(job: Job, rt: Runtime) -> Outcome:
         receipt = _send(delivery, rt, now)
     except NotifierError as exc:
         rt.ledger.release(delivery.delivery_id, claim)
-        return _failed(job, rt, exc)
+        return _failed(_with_leave(job, exempt, rt), rt, exc)
     rt.ledger.mark_sent(delivery.delivery_id, receipt)
     _log_outcome(job, "sent", provider=receipt.provider, provider_id=receipt.provider_id)
     return Outcome(delivery.delivery_id, "sent", receipt=receipt)
+
+
+def _with_leave(job: Job, exempt: bool, rt: Runtime) -> Job:
+    """The job as it goes round again: its grant was spent, so an exempt one gets a new one."""
+    grant = rt.recipient_limits.grant(job.delivery.delivery_id) if exempt else None
+    return job.model_copy(update={"replay_grant": grant})
 
 
 def _send(delivery: Delivery, rt: Runtime, now: datetime) -> Receipt:
@@ -275,7 +291,12 @@ def _failed(job: Job, rt: Runtime, exc: NotifierError) -> Outcome:
     if isinstance(exc, TransientError):
         delay = rt.retry.delay_after(job.attempt)
         if delay is not None:
-            retry = Job(delivery=job.delivery, attempt=job.attempt + 1, history=history)
+            retry = Job(
+                delivery=job.delivery,
+                attempt=job.attempt + 1,
+                history=history,
+                replay_grant=job.replay_grant,
+            )
             rt.scheduler.schedule(retry, countdown=delay)
             _log_outcome(job, "retried", error=error, retry_in=round(delay, 3))
             return Outcome(job.delivery.delivery_id, "retried", error=error)
@@ -385,7 +406,9 @@ def replay(entry: DeadLetter, rt: Runtime) -> str:
     when the cause was fixed on our side (e.g. a newer worker).
     """
     if entry.delivery is not None:
-        job = Job(delivery=entry.delivery, history=entry.history, replayed=True)
+        # The operator's call: this delivery may go past the per-recipient limits, once.
+        grant = rt.recipient_limits.grant(entry.delivery.delivery_id)
+        job = Job(delivery=entry.delivery, history=entry.history, replay_grant=grant)
         rt.scheduler.schedule(job, countdown=0)
         return f"re-enqueued on {entry.channel}"
     if entry.raw_event is None:

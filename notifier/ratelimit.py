@@ -7,6 +7,10 @@ window of ``period``. A delivery over the
 cap is not sent; it is dead-lettered as ``rate_limited`` (an operator may
 replay it). Deliveries are counted once however often they are retried.
 
+An operator's replay may send past the limits. That leave is a one-time
+grant the replay writes to Redis and its job carries, never a flag in the job:
+anyone who can write to the queue could set a flag.
+
 Per provider (``NOTIFIER_SMS_MPS``, ``NOTIFIER_SMTP_MPS``): messages per second
 across all workers. A delivery over the rate is delayed, never dropped.
 """
@@ -16,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import secrets
 import time
 from dataclasses import dataclass
 
@@ -78,7 +83,21 @@ class RecipientLimiter:
 
     def __init__(self, client: redis.Redis, rules: tuple[RateRule, ...]) -> None:
         self.rules = rules
+        self._redis = client
         self._admit = client.register_script(_ADMIT)
+
+    def grant(self, delivery_id: str) -> str:
+        """A one-time leave for this delivery to skip the rules: the token its job carries."""
+        token = secrets.token_urlsafe(24)
+        self._redis.set(keys.replay_grant(token), delivery_id, ex=keys.REPLAY_GRANT_TTL)
+        return token
+
+    def redeem(self, token: str, delivery_id: str) -> bool:
+        """Spend a grant: True if it was written for this delivery and not spent before."""
+        granted = self._redis.getdel(keys.replay_grant(token))
+        if isinstance(granted, bytes):
+            granted = granted.decode()
+        return granted == delivery_id
 
     def exceeded(
         self, *, delivery_id: str, template: str, channel: str, address: str, now: float

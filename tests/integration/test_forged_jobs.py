@@ -9,6 +9,10 @@ field for field. Each forged job here goes to a real worker on real Redis, as
 * it is kept as a ``rejected`` dead letter with the reason, and no claim of
   it is left in the ledger to block the real delivery;
 * the worker goes on: a good event published after it is delivered.
+
+A job cannot grant itself the operator's leave to skip the per-recipient
+limits either: that takes a one-time grant the operator's replay writes to
+Redis (tests/integration/test_rate_limits.py replays for real).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any
 import pytest
 
 from notifier.app import NotifierCelery
+from notifier.client import publish_many
 from notifier.deadletter import DeadLetterStore
 from notifier.events import parse_event
 from notifier.ledger import Ledger
@@ -31,6 +36,7 @@ from tests.integration.test_bad_input import (
     publish_good_event_and_wait,
     the_rejected_entry,
 )
+from tests.polling import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -82,3 +88,25 @@ def test_an_old_password_reset_job_without_a_deadline_is_rejected_unsent(
     publish_good_event_and_wait(app, smtp_sink)
 
     assert_rejected_and_nothing_sent(job, "delivery.not_after", smtp_sink, dead_letters, ledger)
+
+
+def test_a_job_claiming_to_be_replayed_gets_no_leave_from_the_rate_limits(
+    app: NotifierCelery, smtp_sink: SmtpSink, dead_letters: DeadLetterStore
+) -> None:
+    publish_many([samples.password_reset_requested() for _ in range(6)], app=app)
+    [limited] = eventually(lambda: list(dead_letters), timeout=20, what="one limited")
+    smtp_sink.wait_for(5, timeout=10)
+    assert limited.delivery is not None
+    job = {**Job(delivery=limited.delivery).model_dump(mode="json"), "replayed": True}
+
+    publish_job(app, job)
+
+    def handled() -> bool:
+        entry = dead_letters.get(limited.id)
+        return len(smtp_sink.messages) > 5 or (entry is not None and len(entry.history) > 1)
+
+    eventually(handled, timeout=10, what="the forged job to be handled")
+    assert len(smtp_sink.messages) == 5
+    entry = dead_letters.get(limited.id)
+    assert entry is not None
+    assert entry.status == "rate_limited"

@@ -7,7 +7,7 @@ import email.policy
 import importlib.util
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from typing import Any
 
@@ -25,10 +25,12 @@ from notifier.pipeline import (
     count_redelivery,
     deliver,
     handle_event,
+    replay,
     run_job,
     task_failed,
 )
 from notifier.planner import Delivery, plan, sms_fallback
+from notifier.ratelimit import Throttle
 from notifier.runtime import Runtime
 from tests import samples
 from tests.conftest import make_settings
@@ -380,6 +382,97 @@ def test_a_queued_sms_fallback_email_is_sent(sms_world: World) -> None:
     assert result is not None
     assert result.outcome == "sent"
     assert [email.recipient for email in sms_world.smtp.sent] == ["ada@example.com"]
+
+
+# --- rate limits and the operator's replay ------------------------------------------
+
+
+def limited_reset(world: World) -> DeadLetter:
+    """Six resets for one address: five sent, the sixth dead-lettered as rate_limited."""
+    for _ in range(6):
+        handle_event(samples.password_reset_requested(), world.rt)
+    [entry] = world.dead_letters
+    assert entry.status == "rate_limited"
+    assert len(world.smtp.sent) == 5
+    return entry
+
+
+def operator_replays(world: World, entry: DeadLetter) -> dict[str, Any]:
+    """What ``notifier dlq replay`` puts on the queue for the entry."""
+    [result] = world.rt.dead_letters.replay([entry], lambda taken: replay(taken, world.rt))
+    assert result.done is not None
+    (job, _) = world.scheduler.scheduled[-1]
+    return job.model_dump(mode="json")
+
+
+def test_a_job_claiming_to_be_replayed_is_still_rate_limited(world: World) -> None:
+    entry = limited_reset(world)
+    assert entry.delivery is not None
+    forged_job = {**Job(delivery=entry.delivery).model_dump(mode="json"), "replayed": True}
+
+    result = deliver(forged_job, world.rt)
+
+    assert result is not None
+    assert result.outcome == "rate_limited"
+    assert len(world.smtp.sent) == 5
+
+
+def test_an_operators_replay_is_sent_past_the_rate_limit(world: World) -> None:
+    entry = limited_reset(world)
+
+    result = deliver(operator_replays(world, entry), world.rt)
+
+    assert result is not None
+    assert result.outcome == "sent"
+    assert len(world.smtp.sent) == 6
+
+
+def test_a_replay_grant_carried_by_another_delivery_lifts_no_limit(world: World) -> None:
+    entry = limited_reset(world)
+    granted = operator_replays(world, entry)
+    other = email_job(samples.password_reset_requested()).model_dump(mode="json")
+
+    result = deliver({**other, "replay_grant": granted["replay_grant"]}, world.rt)
+
+    assert result is not None
+    assert result.outcome == "rate_limited"
+    assert len(world.smtp.sent) == 5
+
+
+def test_a_replayed_delivery_put_off_by_the_provider_rate_keeps_its_leave(
+    make_world: MakeWorld,
+) -> None:
+    now = datetime.now(UTC)
+    world = make_world(clock=lambda: now)
+    entry = limited_reset(world)
+    replayed = operator_replays(world, entry)
+    throttle = world.rt.throttles["email"] = Throttle(world.rt.redis, "smtp", per_second=1)
+    throttle.delay(now.timestamp())  # another send took this second's one slot
+
+    deferred = deliver(replayed, world.rt)
+    (later, _) = world.scheduler.scheduled[-1]
+    now += timedelta(seconds=5)
+    sent = deliver(later.model_dump(mode="json"), world.rt)
+
+    assert deferred is not None
+    assert deferred.outcome == "deferred"
+    assert sent is not None
+    assert sent.outcome == "sent"
+
+
+def test_a_replayed_delivery_retried_after_a_transient_error_keeps_its_leave(
+    world: World,
+) -> None:
+    entry = limited_reset(world)
+    world.smtp.failures.append(TransientError("421 try later"))
+
+    retried = deliver(operator_replays(world, entry), world.rt)
+    (retry, _) = world.scheduler.scheduled[-1]
+    sent = run_job(retry, world.rt)
+
+    assert retried is not None
+    assert retried.outcome == "retried"
+    assert sent.outcome == "sent"
 
 
 # --- idempotency -------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fakeredis
 import pytest
 
+from notifier import keys
 from notifier.errors import ConfigurationError
 from notifier.ratelimit import RateRule, RecipientLimiter, Throttle, parse_rate_limits
 from tests.conftest import make_settings
@@ -130,6 +131,43 @@ def test_the_limiter_keeps_no_address_in_redis_keys() -> None:
     check(limiter, "d0")
 
     assert all(b"ada" not in key for key in client.keys("*"))
+
+
+# --- an operator's leave to skip the limits, once ------------------------------------
+
+
+def test_a_replay_grant_lets_its_delivery_skip_the_limits_once(limiter: RecipientLimiter) -> None:
+    token = limiter.grant("d-1")
+
+    assert limiter.redeem(token, "d-1") is True
+    assert limiter.redeem(token, "d-1") is False
+
+
+def test_a_replay_grant_is_for_its_own_delivery_only(limiter: RecipientLimiter) -> None:
+    token = limiter.grant("d-1")
+
+    assert limiter.redeem(token, "d-2") is False
+    assert limiter.redeem(token, "d-1") is False  # spent by the attempt, not kept for d-1
+
+
+def test_a_made_up_replay_grant_is_refused(limiter: RecipientLimiter) -> None:
+    assert limiter.redeem("made-up-token", "d-1") is False
+
+
+def test_a_replay_grant_expires_in_redis() -> None:
+    client = fakeredis.FakeRedis()
+    limiter = RecipientLimiter(client, ())
+
+    token = limiter.grant("d-1")
+
+    assert 0 < client.ttl(keys.replay_grant(token)) <= keys.REPLAY_GRANT_TTL
+
+
+def test_replay_grants_are_unguessable(limiter: RecipientLimiter) -> None:
+    tokens = {limiter.grant("d-1") for _ in range(100)}
+
+    assert len(tokens) == 100
+    assert all(len(token) >= 32 for token in tokens)
 
 
 def test_a_throttle_lets_its_rate_through_then_delays() -> None:
