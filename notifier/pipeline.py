@@ -251,7 +251,7 @@ def run_job(job: Job, rt: Runtime) -> Outcome:
         receipt = _send(delivery, rt, now)
     except NotifierError as exc:
         rt.ledger.release(delivery.delivery_id, claim)
-        return _failed(_with_leave(job, exempt, rt), rt, exc)
+        return _failed(job, rt, exc, exempt=exempt)
     rt.ledger.mark_sent(delivery.delivery_id, receipt)
     _log_outcome(job, "sent", provider=receipt.provider, provider_id=receipt.provider_id)
     return Outcome(delivery.delivery_id, "sent", receipt=receipt)
@@ -284,18 +284,15 @@ def _send(delivery: Delivery, rt: Runtime, now: datetime) -> Receipt:
     return metrics.timed_send(lambda: sms.send(compose_sms(delivery, body)))
 
 
-def _failed(job: Job, rt: Runtime, exc: NotifierError) -> Outcome:
+def _failed(job: Job, rt: Runtime, exc: NotifierError, *, exempt: bool = False) -> Outcome:
     error = _error_text(exc)
     record = AttemptRecord(attempt=job.attempt, at=_iso(rt.clock()), error=error)
     history = [*job.history, record]
     if isinstance(exc, TransientError):
         delay = rt.retry.delay_after(job.attempt)
         if delay is not None:
-            retry = Job(
-                delivery=job.delivery,
-                attempt=job.attempt + 1,
-                history=history,
-                replay_grant=job.replay_grant,
+            retry = _with_leave(
+                Job(delivery=job.delivery, attempt=job.attempt + 1, history=history), exempt, rt
             )
             rt.scheduler.schedule(retry, countdown=delay)
             _log_outcome(job, "retried", error=error, retry_in=round(delay, 3))
