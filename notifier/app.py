@@ -21,6 +21,7 @@ from celery.exceptions import Reject
 from celery.signals import (
     celeryd_init,
     setup_logging,
+    task_internal_error,
     task_postrun,
     worker_process_shutdown,
     worker_ready,
@@ -266,6 +267,27 @@ def _reject_queue_entry(app: NotifierCelery, entry: RejectedEntry) -> None:
     raw = entry.raw[:MAX_UNDECODABLE_BYTES].decode("utf-8", "replace")
     problem = f"entry on queue {entry.queue} is not a Celery message: {entry.reason}"
     pipeline.reject(raw, [problem], app.runtime)
+
+
+@task_internal_error.connect
+def _keep_uncallable_messages(
+    sender: Any = None, args: Any = None, kwargs: Any = None, exception: Any = None, **_: Any
+) -> None:
+    """A message Celery could not call our task with: kept as ``rejected``, not acked away.
+
+    Celery checks the call's shape (keyword arguments must be a mapping) before
+    the task body runs, so neither the task nor its ``on_failure`` sees it.
+    celery-node, for one, writes ``kwargs: null`` when they are left out.
+    """
+    app = getattr(sender, "app", None)
+    if not isinstance(app, NotifierCelery):
+        return
+    problem = f"{sender.name} could not be called: {type(exception).__name__}: {exception}"
+    if kwargs is not None and not isinstance(kwargs, dict):
+        problem += f" (keyword arguments must be a JSON object, got {type(kwargs).__name__})"
+    elif kwargs is None:
+        problem += " (keyword arguments must be a JSON object such as {}, got null)"
+    pipeline.reject({"args": args, "kwargs": kwargs}, [problem], app.runtime)
 
 
 @worker_process_shutdown.connect

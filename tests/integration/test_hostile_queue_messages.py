@@ -145,7 +145,8 @@ def test_an_unknown_task_name_is_rejected_without_printing_the_event(
 
 
 @pytest.mark.parametrize(
-    "content_type", ["application/x-python-serialize", "application/x-yaml", "application/x-msgpack"]
+    "content_type",
+    ["application/x-python-serialize", "application/x-yaml", "application/x-msgpack"],
 )
 def test_a_message_in_another_serializer_is_rejected_and_never_decoded(
     content_type: str,
@@ -161,7 +162,10 @@ def test_a_message_in_another_serializer_is_rejected_and_never_decoded(
             return (proof.write_text, ("owned",))
 
     body = pickle.dumps(((Exploit(),), {}, {})) if "python" in content_type else b"!!python/x"
-    push(app, envelope(body, content_type=content_type, headers=task_headers("notifier.handle_event")))
+    push(
+        app,
+        envelope(body, content_type=content_type, headers=task_headers("notifier.handle_event")),
+    )
     publish_good_event_and_wait(app, smtp_sink)
 
     entry = the_rejected_entry(dead_letters)
@@ -178,3 +182,17 @@ def test_a_message_without_task_headers_is_rejected(
 
     entry = the_rejected_entry(dead_letters)
     assert "task" in entry.error
+
+
+@pytest.mark.filterwarnings("ignore:Exception raised outside body:RuntimeWarning")
+def test_a_message_with_null_keyword_arguments_is_rejected_with_the_fix_in_its_reason(
+    app: NotifierCelery, smtp_sink: SmtpSink, dead_letters: DeadLetterStore
+) -> None:
+    # What celery-node writes when a producer leaves kwargs out.
+    body = json.dumps([[secret_event()], None, {}]).encode()
+    push(app, envelope(body, headers=task_headers("notifier.handle_event")))
+    publish_good_event_and_wait(app, smtp_sink)
+
+    entry = the_rejected_entry(dead_letters)
+    assert "got null" in entry.error
+    assert entry.raw_event is not None
