@@ -33,6 +33,7 @@ from pydantic import (
 
 from notifier.addresses import E164, email_fast_path, phone_fast_path
 from notifier.errors import InvalidEventError
+from notifier.redaction import EXAMPLE_PHONE
 
 __all__ = [
     "MAX_EVENT_BYTES",
@@ -120,7 +121,7 @@ def _email(value: str) -> str:
 
 def _phone(value: str) -> str:
     if not E164.fullmatch(value):
-        raise ValueError("must be an E.164 number such as +447911123456 (no spaces, leading +)")
+        raise ValueError(f"must be an E.164 number such as {EXAMPLE_PHONE} (no spaces, leading +)")
     normalized = phone_fast_path(value)
     if normalized is not None:
         return normalized

@@ -8,7 +8,14 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["redact_address", "redact_email", "redact_phone", "redact_text"]
+__all__ = ["EXAMPLE_PHONE", "redact_address", "redact_email", "redact_phone", "redact_text"]
+
+EXAMPLE_PHONE = "+442079460123"
+"""The number our own messages give as an example (the E.164 hint), left whole in logs.
+
+It is in Ofcom's range for drama (020 7946 0000-0999), so it is nobody's;
+redacted, the hint "such as +44*******123" would show no format at all.
+"""
 
 # \w is Unicode-aware: internationalized addresses (zoë@exämple.com) are valid events.
 _EMAIL = re.compile(r"[\w.!#$%&'*+/=?^`{|}~-]+@[\w-]+(?:\.[\w-]+)+")
@@ -46,4 +53,9 @@ def redact_text(text: str) -> str:
     if "@" not in text and "+" not in text:
         return text
     text = _EMAIL.sub(lambda match: redact_email(match.group(0)), text)
-    return _PHONE.sub(lambda match: redact_phone(match.group(0)), text)
+    return _PHONE.sub(_redact_phone_match, text)
+
+
+def _redact_phone_match(match: re.Match[str]) -> str:
+    number = match.group(0)
+    return number if number == EXAMPLE_PHONE else redact_phone(number)

@@ -58,7 +58,7 @@ def reference_email(value: str) -> str:
 
 def reference_phone(value: str) -> str:
     if not re.fullmatch(r"\+[1-9][0-9]{6,14}", value):
-        raise ValueError("must be an E.164 number such as +447911123456 (no spaces, leading +)")
+        raise ValueError("must be an E.164 number such as +442079460123 (no spaces, leading +)")
     try:
         number = phonenumbers.parse(value, None)
     except phonenumbers.NumberParseException as exc:

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from notifier.redaction import redact_address, redact_email, redact_phone, redact_text
+from notifier.redaction import (
+    EXAMPLE_PHONE,
+    redact_address,
+    redact_email,
+    redact_phone,
+    redact_text,
+)
 
 # --- one address --------------------------------------------------------------------------
 
@@ -70,6 +76,20 @@ def test_a_phone_in_free_text_is_redacted_in_place() -> None:
     text = "The 'To' number +447911123456 is not a valid phone number."
 
     assert redact_text(text) == "The 'To' number +44*******456 is not a valid phone number."
+
+
+def test_the_example_number_of_our_own_messages_is_left_whole() -> None:
+    # In Ofcom's range for drama (020 7946 0xxx): nobody's number, and the
+    # hint "such as +44*******123" would be no hint at all.
+    text = f"user.phone: must be an E.164 number such as {EXAMPLE_PHONE}"
+
+    assert redact_text(text) == text
+
+
+def test_a_real_number_beside_the_example_is_still_redacted() -> None:
+    text = f"+447911123456 is not like {EXAMPLE_PHONE}"
+
+    assert redact_text(text) == f"+44*******456 is not like {EXAMPLE_PHONE}"
 
 
 def test_several_addresses_in_one_text_are_all_redacted() -> None:

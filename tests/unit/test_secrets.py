@@ -11,6 +11,7 @@ replaces the chain) would not see it.
 from __future__ import annotations
 
 import importlib.util
+import re
 from base64 import b64encode
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -380,3 +381,18 @@ def test_a_rejected_event_is_logged_without_its_addresses(make_world: MakeWorld)
     assert entry.status == "rejected"
     assert entry.raw_event is not None
     assert "ada@example.com" in entry.raw_event  # the operator's `dlq show` sees it all
+
+
+def test_the_e164_hint_of_a_rejected_phone_is_logged_with_its_example_whole(
+    make_world: MakeWorld,
+) -> None:
+    world = make_world()
+    event = samples.user_registered(user={**samples.FAN, "phone": "+44 7911 123456"})
+
+    handle_event(event, world.rt)
+
+    [error] = world.only_dead_letter().errors
+    [example] = re.findall(r"such as (\+[0-9]+)", error)
+    [line] = [line for line in world.logs().splitlines() if "event.rejected" in line]
+    assert f"such as {example}" in line
+    assert "*" not in line.split("user.phone", 1)[1].split('"', 1)[0]
