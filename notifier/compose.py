@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from email.headerregistry import Address
 from email.utils import format_datetime, parseaddr
+from functools import partial
 
 from notifier.errors import ConfigurationError, PermanentError
 from notifier.events import email_address, header_text, person_name
@@ -153,8 +154,8 @@ def _mailbox(name: str, address: str) -> str:
     return f'"{escaped}" <{address}>'
 
 
-def _address(value: object, what: str) -> str:
-    _contract(email_address, value, what)
+def _address(value: object, what: str, *, allow_special_domains: bool) -> str:
+    _contract(partial(email_address, allow_special_domains=allow_special_domains), value, what)
     assert isinstance(value, str)  # _contract refused anything else
     if not _PLAIN_ADDRESS.fullmatch(value):
         raise PermanentError(f"{what} is not a plain address: refusing to build a mail header")
@@ -172,23 +173,33 @@ def _quoted_printable(text: str, what: str) -> bytes:
     return encoded.replace(b"\n", b"\r\n")
 
 
-def parse_sender(sender: str | None) -> Address:
-    """``MAIL_DEFAULT_SENDER`` as an Address: 'Bookings <noreply@example.com>' or a bare address."""
+def parse_sender(sender: str | None, *, allow_special_domains: bool = False) -> Address:
+    """``MAIL_DEFAULT_SENDER`` as an Address: 'Bookings <noreply@example.com>' or a bare address.
+
+    ``allow_special_domains`` (``NOTIFIER_ALLOW_SPECIAL_DOMAINS``) accepts a sender under .test.
+    """
     if not sender:
         raise ConfigurationError("MAIL_DEFAULT_SENDER is not set: no From address for emails")
     _header_safe(sender, "MAIL_DEFAULT_SENDER")
     name, addr = parseaddr(sender)
     try:
-        addr = email_address(addr)
+        addr = email_address(addr, allow_special_domains=allow_special_domains)
     except ValueError as exc:
         raise ConfigurationError(f"MAIL_DEFAULT_SENDER is not a valid address: {exc}") from None
     return Address(display_name=name, addr_spec=addr)
 
 
 def compose_email(
-    delivery: Delivery, rendered: RenderedEmail, sender: Address, now: datetime
+    delivery: Delivery,
+    rendered: RenderedEmail,
+    sender: Address,
+    now: datetime,
+    *,
+    allow_special_domains: bool = False,
 ) -> ComposedEmail:
     """A multipart/alternative (text + HTML) message with Date and a stable Message-ID.
+
+    ``allow_special_domains`` is ``NOTIFIER_ALLOW_SPECIAL_DOMAINS``, as validation had it.
 
     The Message-ID is derived from the delivery id, so a retried or replayed
     send carries the same id and receiving systems can drop the repeat. So is
@@ -196,7 +207,9 @@ def compose_email(
     produce, so no body can contain it.
     """
     name = _contract(person_name, delivery.recipient.get("name"), "recipient name")
-    address = _address(delivery.address, "recipient address")
+    address = _address(
+        delivery.address, "recipient address", allow_special_domains=allow_special_domains
+    )
     subject = _contract(header_text, rendered.subject, "subject")
     sender_name = _header_safe(sender.display_name, "sender name")
     if not _DELIVERY_ID.fullmatch(delivery.delivery_id):

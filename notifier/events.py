@@ -28,6 +28,7 @@ from pydantic import (
     StringConstraints,
     TypeAdapter,
     ValidationError,
+    ValidationInfo,
     model_validator,
 )
 
@@ -65,6 +66,8 @@ SUPPORTED_TYPES = (
     "password.reset_requested",
 )
 DEFAULT_RESET_LIFETIME = timedelta(hours=1)
+# Validation context key: addresses under .test are accepted (a staging worker).
+_ALLOW_SPECIAL_DOMAINS = "allow_special_domains"
 # Times outside this range are mistakes (seconds read as milliseconds, a
 # "never" sentinel), and near year 9999 the arithmetic on them overflows:
 # occurred_at + DEFAULT_RESET_LIFETIME, or a conversion to UTC.
@@ -101,7 +104,7 @@ def _no_control_except_newlines(value: str) -> str:
     return value
 
 
-def _email(value: str) -> str:
+def _email(value: str, info: ValidationInfo) -> str:
     if "\r" in value or "\n" in value:
         raise ValueError("must not contain CR or LF")
     if "=?" in value:
@@ -112,9 +115,14 @@ def _email(value: str) -> str:
     normalized = email_fast_path(value)
     if normalized is not None:
         return normalized
+    # NOTIFIER_ALLOW_SPECIAL_DOMAINS: email-validator's test_environment lets
+    # .test (RFC 6761) through, and nothing else changes with deliverability off.
+    staging = bool(info.context and info.context.get(_ALLOW_SPECIAL_DOMAINS))
     try:
         # Syntax only: a worker must not block on DNS, and producers know their users.
-        return validate_email(value, check_deliverability=False).normalized
+        return validate_email(
+            value, check_deliverability=False, test_environment=staging
+        ).normalized
     except EmailNotValidError as exc:
         raise ValueError(f"not a valid email address: {exc}") from None
 
@@ -299,9 +307,12 @@ def person_name(value: str) -> str:
     return _validate_one(_NAME_ADAPTER, value)
 
 
-def email_address(value: str) -> str:
-    """An email address as the contract normalizes it; ValueError if invalid."""
-    return _validate_one(_EMAIL_ADAPTER, value)
+def email_address(value: str, *, allow_special_domains: bool = False) -> str:
+    """An email address as the contract normalizes it; ValueError if invalid.
+
+    ``allow_special_domains`` is ``NOTIFIER_ALLOW_SPECIAL_DOMAINS``: addresses under .test.
+    """
+    return _validate_one(_EMAIL_ADAPTER, value, allow_special_domains)
 
 
 def header_text(value: str) -> str:
@@ -312,9 +323,11 @@ def header_text(value: str) -> str:
     return _no_control_characters(value)
 
 
-def _validate_one(adapter: TypeAdapter[str], value: str) -> str:
+def _validate_one(
+    adapter: TypeAdapter[str], value: str, allow_special_domains: bool = False
+) -> str:
     try:
-        return adapter.validate_python(value)
+        return adapter.validate_python(value, context=_context(allow_special_domains))
     except ValidationError as exc:
         problems = (error["msg"].removeprefix("Value error, ") for error in exc.errors())
         raise ValueError("; ".join(problems)) from None
@@ -333,11 +346,16 @@ def _describe(exc: ValidationError, event_type: str) -> list[str]:
     return messages
 
 
-def parse_event(raw: object) -> Event:
+def _context(allow_special_domains: bool) -> dict[str, bool] | None:
+    return {_ALLOW_SPECIAL_DOMAINS: True} if allow_special_domains else None
+
+
+def parse_event(raw: object, *, allow_special_domains: bool = False) -> Event:
     """Validate one event given as a dict (from Celery) or JSON text/bytes.
 
     Raises ``InvalidEventError`` listing every problem; never anything else for
-    bad input, whatever its shape.
+    bad input, whatever its shape. ``allow_special_domains`` is
+    ``NOTIFIER_ALLOW_SPECIAL_DOMAINS``: addresses under .test are accepted.
     """
     if isinstance(raw, (str, bytes, bytearray)):
         data = raw.encode() if isinstance(raw, str) else bytes(raw)
@@ -375,7 +393,7 @@ def parse_event(raw: object) -> Event:
             [f"schema_version: unsupported {version!r} (supported: {supported})"]
         )
     try:
-        return _EVENT_ADAPTER.validate_json(compact)
+        return _EVENT_ADAPTER.validate_json(compact, context=_context(allow_special_domains))
     except ValidationError as exc:
         raise InvalidEventError(_describe(exc, str(event_type))) from None
 

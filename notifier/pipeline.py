@@ -96,7 +96,7 @@ def handle_event(raw: object, rt: Runtime) -> list[Outcome]:
         reject(raw, [f"event must be a JSON object, got {json_type(raw)}"], rt)
         return []
     try:
-        event = parse_event(raw)
+        event = parse_event(raw, allow_special_domains=rt.settings.notifier_allow_special_domains)
     except InvalidEventError as exc:
         reject(raw, exc.errors, rt)
         return []
@@ -140,7 +140,7 @@ def deliver(raw_job: object, rt: Runtime) -> Outcome | None:
     else happens: no claim is taken, nothing is rendered.
     """
     try:
-        job = parse_job(raw_job)
+        job = parse_job(raw_job, allow_special_domains=rt.settings.notifier_allow_special_domains)
     except InvalidEventError as exc:
         reject(raw_job, ["notifier.deliver job: " + message for message in exc.errors], rt)
         return None
@@ -151,7 +151,7 @@ def deliver(raw_job: object, rt: Runtime) -> Outcome | None:
 _ROUTING = tuple(name for name in Delivery.model_fields if name != "event")
 
 
-def parse_job(raw_job: object) -> Job:
+def parse_job(raw_job: object, *, allow_special_domains: bool = False) -> Job:
     """A ``notifier.deliver`` argument, held to what its event calls for.
 
     Anyone who can write to the queue can write a job, so a job is believed
@@ -160,6 +160,7 @@ def parse_job(raw_job: object) -> Job:
     email standing in for one of its SMS), field for field: the role, the
     address, the deadline of a reset link. The job returned carries the
     event as validated. Raises ``InvalidEventError`` listing the problems.
+    ``allow_special_domains`` is ``NOTIFIER_ALLOW_SPECIAL_DOMAINS``.
     """
     try:
         job = Job.model_validate(raw_job)
@@ -169,7 +170,7 @@ def parse_job(raw_job: object) -> Job:
         ) from None
     delivery = job.delivery
     try:
-        event = parse_event(delivery.event)
+        event = parse_event(delivery.event, allow_special_domains=allow_special_domains)
     except InvalidEventError as exc:
         raise InvalidEventError([f"delivery.event.{message}" for message in exc.errors]) from None
     if not isinstance(delivery.event.get(delivery.role), dict):
@@ -271,7 +272,13 @@ def _send(delivery: Delivery, rt: Runtime, now: datetime) -> Receipt:
         else:
             rendered = rt.renderer.email(delivery.template, context)
         sender = rt.sender()
-        message = compose_email(delivery, rendered, sender, now)
+        message = compose_email(
+            delivery,
+            rendered,
+            sender,
+            now,
+            allow_special_domains=rt.settings.notifier_allow_special_domains,
+        )
         return metrics.timed_send(
             lambda: rt.smtp.send(message, sender=sender.addr_spec, recipient=delivery.address)
         )

@@ -110,7 +110,10 @@ class Runtime:
     def sender(self) -> Address:
         """The From address (``MAIL_DEFAULT_SENDER``); a ConfigurationError if unset."""
         if self._sender is None:
-            self._sender = parse_sender(self.settings.mail_default_sender)
+            self._sender = parse_sender(
+                self.settings.mail_default_sender,
+                allow_special_domains=self.settings.notifier_allow_special_domains,
+            )
         return self._sender
 
     def sms(self) -> SmsChannel:

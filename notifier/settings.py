@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     notifier_template_dir: Path | None = None
     notifier_log_level: str = "INFO"
     notifier_log_format: Literal["json", "console"] = "json"
+    # Accept recipient addresses under .test (RFC 6761), which email-validator
+    # refuses as not deliverable: for staging against a local MTA, never production.
+    notifier_allow_special_domains: bool = False
 
     def __init__(self, **values: Any) -> None:
         try:

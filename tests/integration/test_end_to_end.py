@@ -258,3 +258,24 @@ def test_without_twilio_settings_sms_are_skipped_and_emails_still_sent(
     smtp_sink.wait_for(2, timeout=15)
     assert twilio.requests == 0
     assert dead_letters.count() == 0
+
+
+def test_a_staging_worker_allowing_special_domains_delivers_to_an_address_under_test(
+    worker_for: Callable[[Settings], NotifierCelery],
+    settings_for: Callable[..., Settings],
+    smtp_sink: SmtpSink,
+    dead_letters: DeadLetterStore,
+) -> None:
+    staging = worker_for(
+        settings_for(
+            notifier_allow_special_domains=True,
+            mail_default_sender="Bookings <noreply@staging.test>",
+        )
+    )
+    event = samples.user_registered(user={**samples.FAN, "email": "ada@mail.test"})
+
+    publish(event, app=staging)
+
+    [mail] = smtp_sink.wait_for(1, timeout=10)
+    assert (mail.mail_from, mail.rcpt_tos) == ("noreply@staging.test", ("ada@mail.test",))
+    assert dead_letters.count() == 0

@@ -86,6 +86,22 @@ def test_an_invalid_event_means_nothing_is_published(app: NotifierCelery) -> Non
     assert _drain(app) == []
 
 
+def test_an_address_under_test_is_invalid_for_a_default_app(app: NotifierCelery) -> None:
+    event = samples.user_registered(user={**samples.FAN, "email": "ada@mail.test"})
+
+    with pytest.raises(InvalidEventError):
+        publish(event, app=app)
+
+
+def test_an_address_under_test_is_published_with_an_app_allowing_special_domains() -> None:
+    staging = create_app(make_settings(redis_url="memory://", notifier_allow_special_domains=True))
+    _drain(staging)
+    event = samples.user_registered(user={**samples.FAN, "email": "ada@mail.test"})
+
+    assert publish(event, app=staging) == event["event_id"]
+    assert [_args(message) for message in _drain(staging)] == [[event]]
+
+
 def test_validation_comes_before_the_broker() -> None:
     # Nothing listens on port 1: an invalid batch must fail as invalid, not as unreachable.
     unreachable = create_app(make_settings(redis_url="redis://127.0.0.1:1/0"))

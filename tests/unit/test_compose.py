@@ -283,6 +283,34 @@ def test_parse_sender_accepts(setting: str, display_name: str, addr_spec: str) -
     assert sender.domain == "example.com"
 
 
+def test_parse_sender_refuses_a_test_domain_by_default() -> None:
+    with pytest.raises(ConfigurationError, match="not a valid address"):
+        parse_sender("Bookings <noreply@staging.test>")
+
+
+def test_parse_sender_accepts_a_test_domain_when_special_domains_are_allowed() -> None:
+    sender = parse_sender("Bookings <noreply@staging.test>", allow_special_domains=True)
+
+    assert sender.addr_spec == "noreply@staging.test"
+
+
+def test_a_recipient_under_test_is_refused_by_default(delivery: Delivery, sender: Address) -> None:
+    staging = delivery.model_copy(update={"address": "ada@mail.test"})
+
+    with pytest.raises(PermanentError, match="recipient address"):
+        compose_email(staging, RENDERED, sender, NOW)
+
+
+def test_a_recipient_under_test_is_written_when_special_domains_are_allowed(
+    delivery: Delivery, sender: Address
+) -> None:
+    staging = delivery.model_copy(update={"address": "ada@mail.test"})
+
+    message = compose_email(staging, RENDERED, sender, NOW, allow_special_domains=True)
+
+    assert [a.addr_spec for a in parsed(message)["To"].addresses] == ["ada@mail.test"]
+
+
 @pytest.mark.parametrize("setting", [None, ""], ids=["none", "empty"])
 def test_parse_sender_requires_a_setting(setting: str | None) -> None:
     with pytest.raises(ConfigurationError, match="MAIL_DEFAULT_SENDER is not set"):

@@ -293,6 +293,35 @@ def test_an_email_with_an_encoded_word_opener_is_rejected(email: str) -> None:
     assert "=?" in " ".join(errors)
 
 
+@pytest.mark.parametrize("email", ["ada@mail.test", "ada@test"])
+def test_an_address_under_test_is_rejected_by_default(email: str) -> None:
+    errors = rejection(with_user(email=email))
+
+    assert "user.email" in fields_named(errors)
+
+
+@pytest.mark.parametrize("email", ["ada@mail.test", "ada@staging.example.test", "ada@test"])
+def test_an_address_under_test_is_accepted_when_special_domains_are_allowed(email: str) -> None:
+    event = parse_event(with_user(email=email), allow_special_domains=True)
+
+    assert isinstance(event, UserRegistered)
+    assert event.user.email == email
+
+
+@pytest.mark.parametrize(
+    "email", ["ada@mail.local", "ada@localhost", "ada@x.onion", "ada@x.invalid", "ada@x.arpa"]
+)
+def test_other_special_use_domains_stay_rejected_when_special_domains_are_allowed(
+    email: str,
+) -> None:
+    # .test is RFC 6761's name for testing; the others name real networks
+    # (mDNS, Tor) or nothing at all.
+    with pytest.raises(InvalidEventError) as info:
+        parse_event(with_user(email=email), allow_special_domains=True)
+
+    assert "user.email" in fields_named(info.value.errors)
+
+
 def test_an_email_is_normalized_with_its_domain_lower_cased() -> None:
     event = parse_event(with_user(email="ada@Example.COM"))
 

@@ -162,8 +162,11 @@ def sms_world(make_world: MakeWorld) -> World:
     return make_world(**TWILIO)
 
 
-def email_job(event: dict[str, Any], attempt: int = 1) -> Job:
-    delivery = next(d for d in plan(parse_event(event)) if d.channel == "email")
+def email_job(
+    event: dict[str, Any], attempt: int = 1, *, allow_special_domains: bool = False
+) -> Job:
+    parsed = parse_event(event, allow_special_domains=allow_special_domains)
+    delivery = next(d for d in plan(parsed) if d.channel == "email")
     return Job(delivery=delivery, attempt=attempt)
 
 
@@ -273,6 +276,45 @@ def test_an_event_dated_too_late_for_its_reset_link_is_rejected_not_failed(world
     (entry,) = world.dead_letters
     assert entry.status == "rejected"
     assert any(error.startswith("occurred_at: ") for error in entry.errors)
+
+
+def test_an_address_under_test_is_rejected_by_a_default_worker(world: World) -> None:
+    event = samples.user_registered(user={**samples.FAN, "email": "ada@mail.test"})
+
+    assert handle_event(event, world.rt) == []
+
+    (entry,) = world.dead_letters
+    assert entry.status == "rejected"
+
+
+def test_a_staging_worker_allowing_special_domains_sends_to_an_address_under_test(
+    make_world: MakeWorld,
+) -> None:
+    world = make_world(
+        notifier_allow_special_domains=True, mail_default_sender="Bookings <noreply@staging.test>"
+    )
+    event = samples.booking_created(fan={**samples.FAN, "email": "ada@mail.test"})
+
+    results = handle_event(event, world.rt)
+
+    assert outcomes(results) == ["sent", "sent", "skipped"]
+    assert [email.recipient for email in world.smtp.sent] == ["ada@mail.test", "grace@example.com"]
+
+
+def test_a_retried_job_to_an_address_under_test_is_sent_by_a_staging_worker(
+    make_world: MakeWorld,
+) -> None:
+    world = make_world(notifier_allow_special_domains=True)
+    job = email_job(
+        samples.user_registered(user={**samples.FAN, "email": "ada@mail.test"}),
+        allow_special_domains=True,
+        attempt=2,
+    )
+
+    result = deliver(job.model_dump(mode="json"), world.rt)
+
+    assert result is not None
+    assert result.outcome == "sent"
 
 
 @pytest.mark.parametrize(

@@ -65,6 +65,7 @@ def settings(**values: Any) -> Settings:
         ("notifier_template_dir", None),
         ("notifier_log_level", "INFO"),
         ("notifier_log_format", "json"),
+        ("notifier_allow_special_domains", False),
     ],
 )
 def test_defaults_match_the_design(field: str, default: object) -> None:
