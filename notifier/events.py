@@ -280,8 +280,16 @@ class PasswordResetRequested(_Envelope):
     @model_validator(mode="after")
     def _default_expiry(self) -> PasswordResetRequested:
         if self.expires_at is None:
+            expires_at = self.occurred_at + DEFAULT_RESET_LIFETIME
+            # The default is held to the range an explicit expires_at is: a job
+            # carrying this event back from the queue is validated again.
+            if expires_at >= LATEST_TIME:
+                raise ValueError(
+                    "expires_at (occurred_at + 1 hour by default) must be before "
+                    f"{_rfc3339(LATEST_TIME)}"
+                )
             # frozen model: set the derived default once, at validation time.
-            object.__setattr__(self, "expires_at", self.occurred_at + DEFAULT_RESET_LIFETIME)
+            object.__setattr__(self, "expires_at", expires_at)
         elif self.expires_at <= self.occurred_at:
             raise ValueError("expires_at must be later than occurred_at")
         return self

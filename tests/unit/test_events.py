@@ -523,10 +523,15 @@ def test_a_reset_expiring_after_the_range_is_rejected_naming_expires_at(expires_
 
 @pytest.mark.parametrize("occurred_at", ["1970-01-01T00:00:00Z", "9998-12-31T23:59:59Z"])
 def test_occurred_at_at_either_end_of_the_range_is_accepted(occurred_at: str) -> None:
-    event = parse_event(samples.password_reset_requested(occurred_at=occurred_at))
+    event = parse_event(samples.user_registered(occurred_at=occurred_at))
 
-    assert isinstance(event, PasswordResetRequested)
-    assert event.expires_at == event.occurred_at + timedelta(hours=1)
+    assert event.occurred_at == datetime.fromisoformat(occurred_at)
+
+
+def test_a_reset_whose_default_expiry_falls_past_the_range_is_rejected() -> None:
+    errors = rejection(samples.password_reset_requested(occurred_at="9998-12-31T23:30:00Z"))
+
+    assert "expires_at" in " ".join(errors)
 
 
 def test_occurred_at_with_an_offset_is_accepted() -> None:

@@ -7,17 +7,19 @@ import email.policy
 import importlib.util
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from email.message import EmailMessage
 from typing import Any
 
 import fakeredis
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from notifier.channels import Receipt
 from notifier.compose import ComposedEmail, SmsMessage
 from notifier.deadletter import DeadLetter
-from notifier.errors import PermanentError, TransientError
+from notifier.errors import InvalidEventError, PermanentError, TransientError
 from notifier.events import parse_event
 from notifier.ledger import DEFAULT_LEASE_SECONDS
 from notifier.pipeline import (
@@ -25,6 +27,7 @@ from notifier.pipeline import (
     count_redelivery,
     deliver,
     handle_event,
+    parse_job,
     replay,
     run_job,
     task_failed,
@@ -412,6 +415,34 @@ def test_a_password_reset_job_with_a_later_deadline_than_its_event_is_rejected(
     raw = forged(email_job(event), not_after="9000-01-01T00:00:00Z")
 
     assert_rejected_unsent(world, raw, "delivery.not_after")
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    kind=st.sampled_from(sorted(samples.ALL)),
+    moment=st.datetimes(
+        min_value=datetime(1969, 12, 30),
+        max_value=datetime(9999, 1, 2),
+        timezones=st.sampled_from(
+            [UTC, timezone(timedelta(hours=14)), timezone(-timedelta(hours=12))]
+        ),
+    ),
+)
+@example(kind="password.reset_requested", moment=datetime(9998, 12, 31, 23, 30, tzinfo=UTC))
+@example(kind="user.registered", moment=datetime(1970, 1, 1, tzinfo=UTC))
+def test_every_delivery_of_an_accepted_event_passes_as_a_job(kind: str, moment: datetime) -> None:
+    # What the worker plans and queues (a retry, an SMS, a fallback email) it
+    # must accept back from the queue.
+    try:
+        event = parse_event(samples.ALL[kind](occurred_at=moment.isoformat()))
+    except InvalidEventError:
+        return
+    planned = plan(event)
+    deliveries = planned + [f for d in planned if (f := sms_fallback(d)) is not None]
+
+    for delivery in deliveries:
+        job = parse_job(Job(delivery=delivery, attempt=2).model_dump(mode="json"))
+        assert job.delivery == delivery
 
 
 def test_a_queued_sms_fallback_email_is_sent(sms_world: World) -> None:
