@@ -46,6 +46,8 @@ def outcome(check: Callable[[str], str], value: str) -> Outcome:
 
 
 def reference_email(value: str, *, allow_special_domains: bool = False) -> str:
+    if len(value) > 320:  # the EmailAddress type's StringConstraints, checked first
+        raise ValueError("String should have at most 320 characters")
     if any(char in value for char in "\r\n"):
         raise ValueError("must not contain CR or LF")
     if "=?" in value:
