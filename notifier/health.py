@@ -33,7 +33,7 @@ import redis
 
 from notifier import keys
 from notifier.channels.smtp import SmtpProvider
-from notifier.metrics import quick_redis
+from notifier.redis_clients import quick_redis
 from notifier.settings import Settings
 
 __all__ = [

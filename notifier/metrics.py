@@ -79,14 +79,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from notifier import keys
 from notifier.channels import Receipt
 from notifier.events import SUPPORTED_TYPES
 from notifier.logs import get_logger
 from notifier.redaction import redact_text
+from notifier.redis_clients import quick_redis
 from notifier.settings import Settings
 
 if TYPE_CHECKING:
@@ -111,7 +110,6 @@ __all__ = [
     "metrics",
     "prepare_multiprocess",
     "queue_lengths",
-    "quick_redis",
     "recent",
     "recent_outcomes",
     "record_delivery",
@@ -471,17 +469,6 @@ def dead_letter_summary(client: redis.Redis) -> dict[str, Any]:
             for fingerprint, group in ordered
         },
     }
-
-
-def quick_redis(url: str, timeout: float = 2.0) -> redis.Redis:
-    """A client that fails fast: one try, short timeouts (scrapes and health checks).
-
-    redis-py retries a refused connection three times with backoff (seconds);
-    a scrape or a healthcheck should report Redis down instead of hanging.
-    """
-    return redis.Redis.from_url(
-        url, socket_connect_timeout=timeout, socket_timeout=timeout, retry=Retry(NoBackoff(), 0)
-    )
 
 
 class RedisCollector:

@@ -25,7 +25,7 @@ from notifier.health import (
     describe_redis_url,
     run_checks,
 )
-from notifier.metrics import quick_redis
+from notifier.redis_clients import quick_redis
 from notifier.testing import SmtpSink, free_port
 from tests.conftest import make_settings
 

@@ -39,6 +39,7 @@ from notifier.metrics import (
 )
 from notifier.pipeline import handle_event
 from notifier.planner import plan
+from notifier.redis_clients import quick_redis
 from notifier.runtime import Runtime
 from notifier.testing import free_port
 from tests import samples
@@ -243,7 +244,7 @@ def test_flush_soon_writes_at_once_then_batches_within_the_interval(
 
 
 def test_a_failed_flush_drops_the_tallies_without_raising() -> None:
-    dead_end = metrics.quick_redis(f"redis://127.0.0.1:{free_port()}/0")
+    dead_end = quick_redis(f"redis://127.0.0.1:{free_port()}/0")
     recent = RecentOutcomes(clock=lambda: NOW)
     recent.record("email", "sent")
 
@@ -299,7 +300,7 @@ def test_the_redis_collector_reports_dead_letters_and_queues(client: fakeredis.F
 
 def test_the_redis_collector_reports_redis_down_and_nothing_else() -> None:
     registry = CollectorRegistry()
-    registry.register(RedisCollector(metrics.quick_redis(f"redis://127.0.0.1:{free_port()}/0")))
+    registry.register(RedisCollector(quick_redis(f"redis://127.0.0.1:{free_port()}/0")))
 
     assert registry.get_sample_value("notifier_redis_up") == 0
     assert registry.get_sample_value("notifier_dead_letters") is None
