@@ -16,6 +16,7 @@ from typing import Any
 from celery import Celery
 
 import celeryconfig
+from notifier import keys
 from notifier.settings import get_settings
 
 __all__ = ["app"]
@@ -24,6 +25,6 @@ app = Celery("bench-noop", set_as_current=False)
 app.conf.update(celeryconfig.build(get_settings()))
 
 
-@app.task(name="notifier.handle_event", shared=False)
+@app.task(name=keys.HANDLE_EVENT_TASK, shared=False)
 def handle_event(*args: Any, **kwargs: Any) -> None:
     """Do nothing: what Celery alone costs per task."""

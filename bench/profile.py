@@ -52,7 +52,7 @@ STAGES: tuple[tuple[str, str], ...] = (
     ("MIME serialize (email.generator)", "email/generator.py"),
     ("logging (structlog)", "notifier/logs.py"),
     ("logging (structlog)", "structlog/"),
-    ("metrics", "notifier/metrics.py"),
+    ("metrics", "notifier/metrics/"),
     ("metrics", "prometheus_client/"),
     ("schedule SMS (Celery publish)", "notifier/runtime.py"),
 )
@@ -133,7 +133,7 @@ def profile_pipeline(events: int, redis_url: str) -> None:
                 mail_port=sink.port,
                 mail_use_tls=False,
             )
-            rt = Runtime(settings, _Scheduler())
+            rt = Runtime.from_settings(settings, _Scheduler())
             batch = workload.make_events(2 * events + 100, 0.2)
             for event in batch[:100]:  # connections, template cache, scripts
                 pipeline.handle_event(event, rt)

@@ -34,6 +34,7 @@ from vine import promise
 import celeryconfig
 from notifier import keys, metrics, pipeline
 from notifier.errors import NotifierError, PublishError
+from notifier.jobs import Job
 from notifier.logs import configure_logging, route_stdlib_logging
 from notifier.runtime import Runtime
 from notifier.settings import Settings
@@ -41,8 +42,6 @@ from notifier.transport import RejectedEntry
 
 __all__ = ["CeleryScheduler", "NotifierCelery", "create_app"]
 
-HANDLE_EVENT = "notifier.handle_event"
-DELIVER = "notifier.deliver"
 
 _logger = logging.getLogger(__name__)
 _apps: weakref.WeakSet[NotifierCelery] = weakref.WeakSet()
@@ -70,12 +69,12 @@ class CeleryScheduler:
     def __init__(self, app: Celery) -> None:
         self.app = app
 
-    def schedule(self, job: pipeline.Job, countdown: float) -> None:
+    def schedule(self, job: Job, countdown: float) -> None:
         """Publish the job; ``countdown`` seconds later a worker runs it."""
         queue = keys.EMAIL_QUEUE if job.delivery.channel == "email" else keys.SMS_QUEUE
         with _broker_errors():
             self.app.send_task(
-                DELIVER,
+                keys.DELIVER_TASK,
                 args=[job.model_dump(mode="json")],
                 queue=queue,
                 countdown=countdown if countdown > 0 else None,
@@ -84,7 +83,7 @@ class CeleryScheduler:
     def publish_event(self, event: dict[str, Any]) -> None:
         """Publish an event to ``notifier.handle_event`` as a producer would."""
         with _broker_errors():
-            self.app.send_task(HANDLE_EVENT, args=[event], queue=keys.EVENTS_QUEUE)
+            self.app.send_task(keys.HANDLE_EVENT_TASK, args=[event], queue=keys.EVENTS_QUEUE)
 
 
 class NotifierTask(Task):  # type: ignore[type-arg]
@@ -152,7 +151,8 @@ class NotifierConsumer(Consumer):
         name = (message.headers or {}).get("task") if isinstance(message.headers, dict) else None
         self._reject(
             message,
-            f"unknown task {str(name)[:200]!r}: notifier runs {HANDLE_EVENT!r} and {DELIVER!r}",
+            f"unknown task {str(name)[:200]!r}: notifier runs "
+            f"{keys.HANDLE_EVENT_TASK!r} and {keys.DELIVER_TASK!r}",
         )
 
     def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
@@ -210,7 +210,7 @@ class NotifierCelery(Celery):
             with self._runtime_lock:
                 if self._runtime is None or self._runtime_pid != pid:
                     # After a fork the parent's sockets are not ours to use or close.
-                    self._runtime = Runtime(self.settings, CeleryScheduler(self))
+                    self._runtime = Runtime.from_settings(self.settings, CeleryScheduler(self))
                     self._runtime_pid = pid
         return self._runtime
 
@@ -235,7 +235,7 @@ def create_app(settings: Settings) -> NotifierCelery:
 
     # shared=False: otherwise Celery copies these closures into every app made
     # later in the process (tests make one per test), bound to the wrong settings.
-    @app.task(name=HANDLE_EVENT, shared=False, bind=True, base=NotifierTask)
+    @app.task(name=keys.HANDLE_EVENT_TASK, shared=False, bind=True, base=NotifierTask)
     def handle_event(self: NotifierTask, *args: Any, **kwargs: Any) -> None:
         """Validate, plan and start the deliveries of one event (the public entry point)."""
         if self.poisoned(args):
@@ -251,7 +251,7 @@ def create_app(settings: Settings) -> NotifierCelery:
             return
         pipeline.handle_event(args[0], app.runtime)
 
-    @app.task(name=DELIVER, shared=False, bind=True, base=NotifierTask)
+    @app.task(name=keys.DELIVER_TASK, shared=False, bind=True, base=NotifierTask)
     def deliver(self: NotifierTask, job: object) -> None:
         """Run one attempt of one delivery (retries, replays, SMS)."""
         if self.poisoned((job,)):

@@ -34,7 +34,6 @@ from notifier.settings import Settings, get_settings
 
 __all__ = ["DEFAULT_BATCH_SIZE", "EventLike", "prepare", "publish", "publish_many"]
 
-HANDLE_EVENT = "notifier.handle_event"
 
 DEFAULT_BATCH_SIZE = 500
 """Messages per Redis pipeline: ~0.5 MB per round trip for typical events.
@@ -181,7 +180,7 @@ def _pipeline(app: Celery, producer: Any, payloads: Sequence[dict[str, Any]]) ->
             task_id = uuid()
             message = amqp.create_task_message(
                 task_id,
-                HANDLE_EVENT,
+                keys.HANDLE_EVENT_TASK,
                 [payload],
                 {},
                 reply_to=reply_to,
@@ -196,4 +195,6 @@ def _pipeline(app: Celery, producer: Any, payloads: Sequence[dict[str, Any]]) ->
             # The retry wrapper is ours (per chunk): inside a batch nothing
             # touches the network until the flush, so kombu's per-message
             # ensure() would retry nothing and cost a lot.
-            amqp.send_task_message(producer, HANDLE_EVENT, message, queue=queue, retry=False)
+            amqp.send_task_message(
+                producer, keys.HANDLE_EVENT_TASK, message, queue=queue, retry=False
+            )

@@ -7,9 +7,11 @@ All keys start with ``notifier:``; the Celery queues are named ``notifier.*``
 from __future__ import annotations
 
 __all__ = [
+    "DELIVER_TASK",
     "DLQ_INDEX",
     "EMAIL_QUEUE",
     "EVENTS_QUEUE",
+    "HANDLE_EVENT_TASK",
     "PREFIX",
     "QUEUES",
     "REPLAY_GRANT_TTL",
@@ -34,6 +36,10 @@ EVENTS_QUEUE = "notifier.events"
 EMAIL_QUEUE = "notifier.email"
 SMS_QUEUE = "notifier.sms"
 QUEUES = (EVENTS_QUEUE, EMAIL_QUEUE, SMS_QUEUE)
+
+# Celery task names: the public contract (docs/DESIGN.md §1).
+HANDLE_EVENT_TASK = "notifier.handle_event"
+DELIVER_TASK = "notifier.deliver"
 
 
 def ledger(delivery_id: str) -> str:

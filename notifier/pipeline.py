@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from notifier import keys, metrics
 from notifier.channels import Receipt
@@ -25,10 +25,12 @@ from notifier.compose import compose_email, compose_sms
 from notifier.deadletter import AttemptRecord, DeadLetter, Status
 from notifier.errors import InvalidEventError, NotifierError, PermanentError, TransientError
 from notifier.events import Event, json_type, parse_event
+from notifier.jobs import Job
 from notifier.ledger import ClaimState
 from notifier.logs import get_logger
 from notifier.planner import Delivery, plan, sms_fallback
 from notifier.runtime import Runtime
+from notifier.timestamps import iso_utc
 
 __all__ = [
     "Job",
@@ -43,7 +45,6 @@ __all__ = [
     "task_failed",
 ]
 
-DELIVER_TASK = "notifier.deliver"
 
 OutcomeName = Literal[
     "sent",
@@ -56,19 +57,6 @@ OutcomeName = Literal[
     "fallback",
     "rate_limited",
 ]
-
-
-class Job(BaseModel):
-    """The argument of ``notifier.deliver``: a delivery and where it stands."""
-
-    model_config = ConfigDict(frozen=True)
-
-    delivery: Delivery
-    attempt: int = Field(1, ge=1)
-    history: list[AttemptRecord] = Field(default_factory=list)
-    replay_grant: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
-    """An operator replayed it: the one-time grant (in Redis) to skip the per-recipient
-    limits. A job cannot give itself one; ``replay`` writes it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,7 +281,7 @@ def _send(delivery: Delivery, rt: Runtime, now: datetime) -> Receipt:
 
 def _failed(job: Job, rt: Runtime, exc: NotifierError, *, exempt: bool = False) -> Outcome:
     error = _error_text(exc)
-    record = AttemptRecord(attempt=job.attempt, at=_iso(rt.clock()), error=error)
+    record = AttemptRecord(attempt=job.attempt, at=iso_utc(rt.clock()), error=error)
     history = [*job.history, record]
     if isinstance(exc, TransientError):
         delay = rt.retry.delay_after(job.attempt)
@@ -311,7 +299,7 @@ def _failed(job: Job, rt: Runtime, exc: NotifierError, *, exempt: bool = False) 
 def _dead(job: Job, rt: Runtime, error: str, *, status: Status, record: bool = True) -> Outcome:
     history = job.history
     if not record:
-        history = [*history, AttemptRecord(attempt=0, at=_iso(rt.clock()), error=error)]
+        history = [*history, AttemptRecord(attempt=0, at=iso_utc(rt.clock()), error=error)]
     # The seed's "fallback to email": a failed SMS's text goes to the same
     # person by email. The SMS stays dead-lettered, so operators see Twilio fail.
     fallback = sms_fallback(job.delivery) if status == "failed" else None
@@ -345,13 +333,13 @@ def task_failed(
     else (an event) is kept whole, status ``failed``, for replay.
     """
     error = _error_text(exc)
-    if task_name == DELIVER_TASK and len(args) == 1 and not kwargs:
+    if task_name == keys.DELIVER_TASK and len(args) == 1 and not kwargs:
         try:
             job = Job.model_validate(args[0])
         except ValidationError:
             pass
         else:
-            record = AttemptRecord(attempt=job.attempt, at=_iso(rt.clock()), error=error)
+            record = AttemptRecord(attempt=job.attempt, at=iso_utc(rt.clock()), error=error)
             _dead(
                 job.model_copy(update={"history": [*job.history, record]}),
                 rt,
@@ -393,7 +381,7 @@ def count_redelivery(task_name: str, message_id: str, args: tuple[Any, ...], rt:
 
 
 def _redelivery_subject(task_name: str, message_id: str, args: tuple[Any, ...]) -> str:
-    if task_name == DELIVER_TASK and len(args) == 1:
+    if task_name == keys.DELIVER_TASK and len(args) == 1:
         try:
             return Job.model_validate(args[0]).delivery.delivery_id
         except ValidationError:
@@ -425,10 +413,6 @@ def replay(entry: DeadLetter, rt: Runtime) -> str:
         raise PermanentError("the rejected payload is not a JSON object: cannot replay")
     rt.scheduler.publish_event(event)
     return "re-published to notifier.handle_event"
-
-
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _log_outcome(job: Job, outcome: OutcomeName, **fields: object) -> None:

@@ -1,52 +1,70 @@
-"""The long-lived things a worker process needs, made once and reused.
+"""The parts a worker process uses, assembled in one place and passed in.
 
-A ``Runtime`` owns the Redis pool, the Jinja2 environment, the SMTP
-connection and the Twilio client. Under Celery's prefork pool each child
-process builds its own on first use (``notifier.app`` checks the pid), so no
-socket is ever shared across a fork.
+``Runtime.from_settings`` is the one assembly point: the Redis pool, the
+Jinja2 environment, the SMTP mailer, the Twilio sender, the ledger, the
+dead-letter store, the limits, the scheduler and the clock, each made once
+per process and reused. Everything else receives a ``Runtime`` and reads its
+parts; tests build one with fakes through the constructor (or
+``dataclasses.replace``). Under Celery's prefork pool each child process
+builds its own on first use (``notifier.app`` checks the pid), so no socket is
+ever shared across a fork.
+
+Logging is configured by the process entry points (the worker's start-up,
+the CLI, the demo), never here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from email.headerregistry import Address
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Protocol
 
-import redis
+from redis import ConnectionError as RedisConnectionError
+from redis import Redis
+from redis import TimeoutError as RedisTimeoutError
 from redis.backoff import EqualJitterBackoff
 from redis.retry import Retry
 
 from notifier import metrics
+from notifier.channels import Receipt
 from notifier.channels.sms import SmsChannel
 from notifier.channels.smtp import CircuitBreaker, FailoverMailer, SmtpChannel, SmtpProvider
-from notifier.compose import parse_sender
+from notifier.compose import ComposedEmail, SmsMessage, parse_sender
 from notifier.deadletter import DeadLetterStore
 from notifier.errors import ConfigurationError
+from notifier.jobs import Scheduler
 from notifier.ledger import Ledger
-from notifier.logs import configure_logging
 from notifier.ratelimit import RecipientLimiter, Throttle, parse_rate_limits
 from notifier.retry import RetryPolicy
 from notifier.settings import Settings
 from notifier.templates import Renderer
 
-if TYPE_CHECKING:
-    from notifier.pipeline import Job
-
-__all__ = ["Runtime", "Scheduler", "redis_client"]
+__all__ = ["Mailer", "Runtime", "SmsSender", "redis_client"]
 
 
-class Scheduler(Protocol):
-    """Puts a job on its channel's queue, now or after a countdown."""
+class Mailer(Protocol):
+    """Sends one composed email (``channels.smtp.FailoverMailer`` in production)."""
 
-    def schedule(self, job: Job, countdown: float) -> None:
-        """Enqueue ``notifier.deliver(job)`` to run in ``countdown`` seconds."""
+    def send(self, message: ComposedEmail, sender: str, recipient: str) -> Receipt:
+        """Hand the message to a provider; raise Transient/PermanentError otherwise."""
 
-    def publish_event(self, event: dict[str, Any]) -> None:
-        """Enqueue ``notifier.handle_event(event)`` (replaying a rejected event)."""
+    def close(self) -> None:
+        """Close pooled connections."""
 
 
-def redis_client(settings: Settings) -> redis.Redis:
+class SmsSender(Protocol):
+    """Sends one SMS (``channels.sms.SmsChannel`` in production)."""
+
+    def send(self, message: SmsMessage) -> Receipt:
+        """Hand the message to the provider; raise Transient/PermanentError otherwise."""
+
+    def close(self) -> None:
+        """Close the HTTP session."""
+
+
+def redis_client(settings: Settings) -> Redis:
     """The worker's Redis client: timeouts, and retries that ride out a Redis restart.
 
     A hung Redis must fail a call, not freeze a worker; a restart (AOF reload,
@@ -55,13 +73,13 @@ def redis_client(settings: Settings) -> redis.Redis:
     capped at 2 s cover about ten seconds. ``notifier health`` uses its own
     fail-fast client.
     """
-    return redis.Redis.from_url(
+    return Redis.from_url(
         settings.redis_url,
         socket_timeout=10,
         socket_connect_timeout=5,
         health_check_interval=30,
         retry=Retry(EqualJitterBackoff(cap=2.0, base=0.2), 6),
-        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
 
 
@@ -69,43 +87,67 @@ def _now() -> datetime:
     return datetime.now().astimezone()
 
 
+def _mailer(settings: Settings, client: Redis) -> FailoverMailer:
+    fallback = SmtpProvider.fallback(settings)
+    return FailoverMailer(
+        SmtpChannel(SmtpProvider.primary(settings)),
+        SmtpChannel(fallback) if fallback else None,
+        CircuitBreaker(client, "smtp-primary", settings.notifier_circuit_cooldown),
+    )
+
+
+@dataclass
 class Runtime:
     """Everything the pipeline uses, for one process."""
 
-    def __init__(
-        self,
+    settings: Settings
+    scheduler: Scheduler
+    redis: Redis
+    renderer: Renderer
+    ledger: Ledger
+    dead_letters: DeadLetterStore
+    retry: RetryPolicy
+    smtp: Mailer
+    sms_sender: SmsSender | None
+    """None when Twilio is not configured (``Settings.sms_enabled``)."""
+    recipient_limits: RecipientLimiter
+    throttles: Mapping[str, Throttle]
+    """Provider send rates, by channel."""
+    clock: Callable[[], datetime] = _now
+    _sender: Address | None = field(default=None, init=False, repr=False)
+
+    @classmethod
+    def from_settings(
+        cls,
         settings: Settings,
         scheduler: Scheduler,
         *,
         clock: Callable[[], datetime] = _now,
-        client: redis.Redis | None = None,
-    ) -> None:
-        configure_logging(settings)
-        self.settings = settings
-        self.scheduler = scheduler
-        self.clock = clock
-        self.redis = client if client is not None else redis_client(settings)
-        self.renderer = Renderer(settings.notifier_template_dir)
-        self.ledger = Ledger(
-            self.redis, ttl=settings.notifier_ledger_ttl, lease=settings.notifier_claim_lease
+        client: Redis | None = None,
+    ) -> Runtime:
+        """The production parts for these settings (``client``: a Redis client to use)."""
+        client = client if client is not None else redis_client(settings)
+        return cls(
+            settings=settings,
+            scheduler=scheduler,
+            redis=client,
+            renderer=Renderer(settings.notifier_template_dir),
+            ledger=Ledger(
+                client, ttl=settings.notifier_ledger_ttl, lease=settings.notifier_claim_lease
+            ),
+            dead_letters=DeadLetterStore(client),
+            retry=RetryPolicy.from_settings(settings),
+            smtp=_mailer(settings, client),
+            sms_sender=SmsChannel(settings) if settings.sms_enabled else None,
+            recipient_limits=RecipientLimiter(
+                client, parse_rate_limits(settings.notifier_rate_limits)
+            ),
+            throttles={
+                "email": Throttle(client, "smtp", settings.notifier_smtp_mps),
+                "sms": Throttle(client, "twilio", settings.notifier_sms_mps),
+            },
+            clock=clock,
         )
-        self.dead_letters = DeadLetterStore(self.redis)
-        self.retry = RetryPolicy.from_settings(settings)
-        fallback = SmtpProvider.fallback(settings)
-        self.smtp = FailoverMailer(
-            SmtpChannel(SmtpProvider.primary(settings)),
-            SmtpChannel(fallback) if fallback else None,
-            CircuitBreaker(self.redis, "smtp-primary", settings.notifier_circuit_cooldown),
-        )
-        self.recipient_limits = RecipientLimiter(
-            self.redis, parse_rate_limits(settings.notifier_rate_limits)
-        )
-        self.throttles = {
-            "email": Throttle(self.redis, "smtp", settings.notifier_smtp_mps),
-            "sms": Throttle(self.redis, "twilio", settings.notifier_sms_mps),
-        }
-        self._sms: SmsChannel | None = None
-        self._sender: Address | None = None
 
     def sender(self) -> Address:
         """The From address (``MAIL_DEFAULT_SENDER``); a ConfigurationError if unset."""
@@ -116,20 +158,18 @@ class Runtime:
             )
         return self._sender
 
-    def sms(self) -> SmsChannel:
-        """The Twilio channel, made on first use; a ConfigurationError when SMS is off."""
-        if self._sms is None:
-            if not self.settings.sms_enabled:
-                raise ConfigurationError(
-                    "SMS is off: set TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN and TWILIO_PHONE_NUMBER"
-                )
-            self._sms = SmsChannel(self.settings)
-        return self._sms
+    def sms(self) -> SmsSender:
+        """The Twilio sender; a ConfigurationError when SMS is off."""
+        if self.sms_sender is None:
+            raise ConfigurationError(
+                "SMS is off: set TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN and TWILIO_PHONE_NUMBER"
+            )
+        return self.sms_sender
 
     def close(self) -> None:
         """Close connections (worker process shutdown)."""
         self.smtp.close()
-        if self._sms is not None:
-            self._sms.close()
+        if self.sms_sender is not None:
+            self.sms_sender.close()
         metrics.recent.detach(self.redis)
         self.redis.close()

@@ -241,6 +241,7 @@ def replay(
     and the idempotency ledger stops a delivery that was already sent.
     """
     from notifier.app import create_app
+    from notifier.logs import configure_logging
     from notifier.pipeline import replay as replay_entry
     from notifier.settings import get_settings
 
@@ -257,7 +258,10 @@ def replay(
                 )
         output.line(f"{len(replayable)} would be replayed")
         return
-    runtime = create_app(get_settings()).runtime
+    settings = get_settings()
+    # This command sends through the pipeline, which logs: redacted, as a worker's.
+    configure_logging(settings)
+    runtime = create_app(settings).runtime
     results = store.replay(entries, lambda entry: replay_entry(entry, runtime))
     for result in results:
         if result.error:

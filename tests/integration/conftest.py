@@ -12,6 +12,7 @@ from notifier.app import NotifierCelery, create_app
 from notifier.deadletter import DeadLetterStore
 from notifier.keys import QUEUES
 from notifier.ledger import Ledger
+from notifier.logs import configure_logging
 from notifier.runtime import redis_client
 from notifier.settings import Settings
 from notifier.testing import SmtpSink, TwilioStandIn
@@ -87,6 +88,7 @@ def worker_for() -> Iterator[Callable[[Settings], Any]]:
     apps: list[NotifierCelery] = []
 
     def start(settings: Settings) -> NotifierCelery:
+        configure_logging(settings)  # as a worker's start-up does
         app = create_app(settings)
         context = running(app)
         context.__enter__()

@@ -15,7 +15,7 @@ import redis.client
 
 from notifier import keys
 from notifier.app import NotifierCelery, create_app
-from notifier.client import HANDLE_EVENT, publish_many
+from notifier.client import publish_many
 from notifier.events import parse_event
 from notifier.planner import plan
 from notifier.settings import Settings
@@ -67,7 +67,7 @@ def test_the_stored_message_is_what_send_task_stores(
     producer_app: NotifierCelery, redis_url: str
 ) -> None:
     event = samples.booking_created()
-    producer_app.send_task(HANDLE_EVENT, args=[event], queue=keys.EVENTS_QUEUE)
+    producer_app.send_task(keys.HANDLE_EVENT_TASK, args=[event], queue=keys.EVENTS_QUEUE)
     publish_many([event], app=producer_app)
 
     sent, ours = _raw_messages(redis_url)

@@ -17,7 +17,7 @@ from kombu.exceptions import OperationalError
 import notifier.client as client
 from notifier import keys
 from notifier.app import NotifierCelery, create_app
-from notifier.client import HANDLE_EVENT, publish, publish_many
+from notifier.client import publish, publish_many
 from notifier.errors import InvalidEventError, PublishError
 from tests import samples
 from tests.conftest import make_settings
@@ -71,7 +71,7 @@ def test_publishes_one_handle_event_message_per_event_in_order(app: NotifierCele
 
     assert ids == [event["event_id"] for event in events]
     messages = _drain(app)
-    assert [message.headers["task"] for message in messages] == [HANDLE_EVENT] * 3
+    assert [message.headers["task"] for message in messages] == [keys.HANDLE_EVENT_TASK] * 3
     assert [_args(message) for message in messages] == [[event] for event in events]
 
 
@@ -116,7 +116,7 @@ def test_nothing_to_publish_needs_no_broker() -> None:
 
 def test_the_message_is_what_celery_send_task_sends(app: NotifierCelery) -> None:
     event = samples.booking_created()
-    app.send_task(HANDLE_EVENT, args=[event], queue=keys.EVENTS_QUEUE)
+    app.send_task(keys.HANDLE_EVENT_TASK, args=[event], queue=keys.EVENTS_QUEUE)
     publish_many([event], app=app)
 
     sent, ours = _drain(app)

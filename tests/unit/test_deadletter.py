@@ -696,7 +696,7 @@ class NoQueue:
 
 def test_over_threshold_is_logged_at_most_once_a_minute_per_process() -> None:
     now = [datetime(2026, 11, 26, 10, 0, tzinfo=UTC)]
-    rt = Runtime(
+    rt = Runtime.from_settings(
         make_settings(notifier_dlq_alert_threshold=2),
         NoQueue(),  # type: ignore[arg-type]
         clock=lambda: now[0],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import email
 import email.policy
 import importlib.util
@@ -139,13 +140,13 @@ def make_world() -> Iterator[MakeWorld]:
         scheduler = RecordingScheduler()
         redis = fakeredis.FakeRedis()
         settings_ = make_settings(**values)
-        if clock is None:
-            rt = Runtime(settings_, scheduler, client=redis)
-        else:
-            rt = Runtime(settings_, scheduler, clock=clock, client=redis)
-        world = World(rt=rt, scheduler=scheduler, smtp=FakeSmtp(), sms=FakeSms())
-        rt.smtp = world.smtp  # type: ignore[assignment]
-        rt._sms = world.sms  # type: ignore[assignment]
+        smtp, sms = FakeSmtp(), FakeSms()
+        timing = {} if clock is None else {"clock": clock}
+        production = Runtime.from_settings(settings_, scheduler, client=redis, **timing)
+        rt = dataclasses.replace(
+            production, smtp=smtp, sms_sender=sms if settings_.sms_enabled else None
+        )
+        world = World(rt=rt, scheduler=scheduler, smtp=smtp, sms=sms)
         made.append(rt)
         return world
 

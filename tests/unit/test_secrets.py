@@ -20,9 +20,9 @@ from typing import Any
 import fakeredis
 import pytest
 
-from notifier import runtime as runtime_module
 from notifier.deadletter import DeadLetter
 from notifier.events import parse_event
+from notifier.logs import configure_logging
 from notifier.pipeline import Job, handle_event, run_job
 from notifier.planner import Delivery, plan
 from notifier.runtime import Runtime
@@ -153,14 +153,12 @@ MakeWorld = Callable[..., World]
 
 @pytest.fixture
 def make_world(
-    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture,
 ) -> Iterator[MakeWorld]:
     if importlib.util.find_spec("lupa") is None:
         pytest.fail("fakeredis needs lupa for the ledger's Lua scripts: install the dev extra")
     fake = fakeredis.FakeRedis()
-    monkeypatch.setattr(runtime_module, "redis_client", lambda settings: fake)
     caplog.set_level("DEBUG")
     made: list[Runtime] = []
 
@@ -172,8 +170,10 @@ def make_world(
             "mail_use_tls": False,
             **overrides,
         }
-        # configure_logging (in Runtime) binds structlog to the sys.stderr capsys installed.
-        rt = Runtime(make_settings(**values), RecordingScheduler())
+        settings = make_settings(**values)
+        # As a worker's start-up does; binds structlog to the sys.stderr capsys installed.
+        configure_logging(settings)
+        rt = Runtime.from_settings(settings, RecordingScheduler(), client=fake)
         made.append(rt)
         return World(rt=rt, redis=fake, capture=capsys, caplog=caplog)
 

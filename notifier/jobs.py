@@ -1,0 +1,40 @@
+"""What a ``notifier.deliver`` task carries, and the port that puts one on a queue.
+
+Low in the import graph on purpose: the pipeline makes jobs, the runtime
+holds a ``Scheduler``, and the Celery app implements it, without any of them
+importing each other (docs/DESIGN.md §1).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from notifier.deadletter import AttemptRecord
+from notifier.planner import Delivery
+
+__all__ = ["Job", "Scheduler"]
+
+
+class Job(BaseModel):
+    """The argument of ``notifier.deliver``: a delivery and where it stands."""
+
+    model_config = ConfigDict(frozen=True)
+
+    delivery: Delivery
+    attempt: int = Field(1, ge=1)
+    history: list[AttemptRecord] = Field(default_factory=list)
+    replay_grant: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    """An operator replayed it: the one-time grant (in Redis) to skip the per-recipient
+    limits. A job cannot give itself one; ``replay`` writes it."""
+
+
+class Scheduler(Protocol):
+    """Puts a job on its channel's queue, now or after a countdown."""
+
+    def schedule(self, job: Job, countdown: float) -> None:
+        """Enqueue ``notifier.deliver(job)`` to run in ``countdown`` seconds."""
+
+    def publish_event(self, event: dict[str, Any]) -> None:
+        """Enqueue ``notifier.handle_event(event)`` (replaying a rejected event)."""
