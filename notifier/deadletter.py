@@ -42,6 +42,7 @@ from notifier import keys
 from notifier.errors import NotifierError
 from notifier.logs import get_logger
 from notifier.planner import Delivery
+from notifier.timestamps import iso_utc
 from notifier.truncation import mark, truncate, utf8_size
 
 __all__ = [
@@ -224,15 +225,16 @@ def fingerprint(error: str) -> str:
     return f"{error_class}:{digest}"
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 class DeadLetterStore:
     """Add, read, list and remove dead letters in Redis."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, *, clock: Callable[[], datetime] = _utc_now) -> None:
         self._redis = client
+        self._clock = clock
         self._warned_at: datetime | None = None
 
     def add_delivery(
@@ -250,7 +252,7 @@ class DeadLetterStore:
         recorded under a new id: the corrupt one stays for the operator to see,
         and this failure is not lost with it.
         """
-        now = _now()
+        now = iso_utc(self._clock())
         entry_id = delivery.delivery_id
         previous = self.get(entry_id) if len(entry_id) <= _MAX_ID_CHARS else None
         if len(entry_id) > _MAX_ID_CHARS or isinstance(previous, CorruptEntry):
@@ -297,7 +299,7 @@ class DeadLetterStore:
         event_id = raw_dict.get("event_id")
         event_type = raw_dict.get("type")
         prefix = "InvalidEventError" if status == "rejected" else "TaskFailed"
-        now = _now()
+        now = iso_utc(self._clock())
         entry = DeadLetter(
             id=str(uuid.uuid4()),
             status=status,
@@ -469,7 +471,7 @@ def _failed_at(score: float | None) -> str | None:
         moment = datetime.fromtimestamp(score, UTC)
     except (OverflowError, OSError, ValueError):
         moment = datetime.max.replace(tzinfo=UTC) if score > 0 else datetime.min.replace(tzinfo=UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return iso_utc(moment)
 
 
 def _parse(entry_id: str, raw: bytes | str, score: float | None) -> Entry:

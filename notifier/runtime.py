@@ -135,7 +135,7 @@ class Runtime:
             ledger=Ledger(
                 client, ttl=settings.notifier_ledger_ttl, lease=settings.notifier_claim_lease
             ),
-            dead_letters=DeadLetterStore(client),
+            dead_letters=DeadLetterStore(client, clock=clock),
             retry=RetryPolicy.from_settings(settings),
             smtp=_mailer(settings, client),
             sms_sender=SmsChannel(settings) if settings.sms_enabled else None,

@@ -4,7 +4,6 @@ size caps, corrupt documents, and the over-threshold alarm."""
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -48,9 +47,27 @@ def client() -> fakeredis.FakeRedis:
     return fakeredis.FakeRedis()
 
 
+class Clock:
+    """The store's clock, moved by the tests (never a sleep)."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float = 1.0) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
 @pytest.fixture
-def store(client: fakeredis.FakeRedis) -> DeadLetterStore:
-    return DeadLetterStore(client)
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store(client: fakeredis.FakeRedis, clock: Clock) -> DeadLetterStore:
+    return DeadLetterStore(client, clock=clock)
 
 
 @pytest.fixture
@@ -92,14 +109,13 @@ def test_attempts_count_only_send_attempts(store: DeadLetterStore, delivery: Del
     assert entry.history == history
 
 
-def test_failed_at_is_an_iso_utc_timestamp(store: DeadLetterStore, delivery: Delivery) -> None:
-    before = time.time()
-
+def test_failed_at_is_the_time_of_writing_in_iso_utc(
+    store: DeadLetterStore, delivery: Delivery, clock: Clock
+) -> None:
     entry = store.add_delivery(delivery, status="failed", error=ERROR, history=[record(1)])
 
-    assert entry.failed_at.endswith("Z")
-    failed_at = datetime.fromisoformat(entry.failed_at).timestamp()
-    assert before - 0.01 <= failed_at <= time.time() + 0.01
+    assert entry.failed_at == "2026-11-26T10:00:00.000Z"
+    assert datetime.fromisoformat(entry.failed_at) == clock()
     # The first failure is the earliest attempt on record, not the time of writing.
     assert entry.first_failed_at == record(1).at
 
@@ -108,12 +124,12 @@ def test_get_unknown_id_is_none(store: DeadLetterStore) -> None:
     assert store.get("no-such-entry") is None
 
 
-def test_entries_iterate_oldest_failure_first(store: DeadLetterStore) -> None:
+def test_entries_iterate_oldest_failure_first(store: DeadLetterStore, clock: Clock) -> None:
     # Added in the reverse of id order, so an id-ordered listing would fail.
     added = sorted(deliveries(3), key=lambda d: d.delivery_id, reverse=True)
     for delivery in added:
         store.add_delivery(delivery, status="failed", error=ERROR, history=[record(1)])
-        time.sleep(0.005)
+        clock.advance()
 
     assert [entry.id for entry in store] == [d.delivery_id for d in added]
 
@@ -144,10 +160,10 @@ def test_adding_the_same_history_again_does_not_duplicate_records(
 
 
 def test_adding_the_same_delivery_again_keeps_first_failed_at(
-    store: DeadLetterStore, delivery: Delivery
+    store: DeadLetterStore, delivery: Delivery, clock: Clock
 ) -> None:
     first = store.add_delivery(delivery, status="failed", error=ERROR, history=[record(1)])
-    time.sleep(0.005)
+    clock.advance()
 
     again = store.add_delivery(
         delivery, status="failed", error="PermanentError: 550 no such user", history=[record(1, 5)]
@@ -158,12 +174,12 @@ def test_adding_the_same_delivery_again_keeps_first_failed_at(
     assert again.error == "PermanentError: 550 no such user"
 
 
-def test_a_new_failure_moves_the_entry_to_the_end(store: DeadLetterStore) -> None:
+def test_a_new_failure_moves_the_entry_to_the_end(store: DeadLetterStore, clock: Clock) -> None:
     older, newer = deliveries(2)
     store.add_delivery(older, status="failed", error=ERROR, history=[record(1)])
-    time.sleep(0.005)
+    clock.advance()
     store.add_delivery(newer, status="failed", error=ERROR, history=[record(1)])
-    time.sleep(0.005)
+    clock.advance()
 
     store.add_delivery(older, status="failed", error=ERROR, history=[record(2)])
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
-import time
 
 import fakeredis
 import pytest
+from fakeredis._socket import _base as fakeredis_base
 
 from notifier import keys
 from notifier.channels import Receipt
@@ -27,6 +27,30 @@ def client() -> fakeredis.FakeRedis:
             "install the dev extra (fakeredis[lua], which pulls lupa)"
         )
     return fakeredis.FakeRedis()
+
+
+class RedisTime:
+    """fakeredis's clock, moved by the test: a lease runs out without sleeping.
+
+    fakeredis reads ``time.time()`` through its ``_socket._base`` module when it
+    stamps each command; that is the clock leases (``PX``) are measured by.
+    """
+
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def time(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def redis_time(monkeypatch: pytest.MonkeyPatch) -> RedisTime:
+    clock = RedisTime()
+    monkeypatch.setattr(fakeredis_base, "time", clock)
+    return clock
 
 
 @pytest.fixture
@@ -124,11 +148,13 @@ def test_release_after_mark_sent_keeps_the_sent_marker(ledger: Ledger) -> None:
     assert ledger.is_sent(DELIVERY)
 
 
-def test_expired_lease_can_be_claimed_again(client: fakeredis.FakeRedis) -> None:
+def test_expired_lease_can_be_claimed_again(
+    client: fakeredis.FakeRedis, redis_time: RedisTime
+) -> None:
     ledger = Ledger(client, ttl=TTL, lease=1)
     crashed = ledger.claim(DELIVERY)
 
-    time.sleep(1.1)
+    redis_time.advance(1.1)
     retry = ledger.claim(DELIVERY)
 
     assert retry.state is ClaimState.CLAIMED
@@ -136,11 +162,11 @@ def test_expired_lease_can_be_claimed_again(client: fakeredis.FakeRedis) -> None
 
 
 def test_crashed_worker_releasing_late_does_not_free_the_new_claim(
-    client: fakeredis.FakeRedis,
+    client: fakeredis.FakeRedis, redis_time: RedisTime
 ) -> None:
     ledger = Ledger(client, ttl=TTL, lease=1)
     crashed = ledger.claim(DELIVERY)
-    time.sleep(1.1)
+    redis_time.advance(1.1)
     current = ledger.claim(DELIVERY)
 
     ledger.release(DELIVERY, crashed)
