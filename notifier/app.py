@@ -36,6 +36,7 @@ from notifier import keys, metrics, pipeline
 from notifier.errors import NotifierError, PublishError
 from notifier.jobs import Job
 from notifier.logs import configure_logging, route_stdlib_logging
+from notifier.metrics import endpoint
 from notifier.runtime import Runtime
 from notifier.settings import Settings
 from notifier.transport import RejectedEntry
@@ -301,7 +302,7 @@ def _close_runtimes(**_: Any) -> None:
 # start_worker) leaves its host process's logging and ports alone.
 
 _worker_app: NotifierCelery | None = None
-_metrics_server: metrics.MetricsServer | None = None
+_metrics_server: endpoint.MetricsServer | None = None
 
 
 @celeryd_init.connect
@@ -320,7 +321,7 @@ def _prepare_worker(instance: Any = None, options: Any = None, **_: Any) -> None
     setup_logging.connect(_keep_our_logging, dispatch_uid="notifier.logging")
     if app.settings.notifier_metrics_port:
         # Here, before the pool forks, so every child writes where the endpoint reads.
-        metrics.prepare_multiprocess()
+        endpoint.prepare_multiprocess()
 
 
 def _keep_our_logging(loglevel: Any = None, **_: Any) -> None:
@@ -333,7 +334,7 @@ def _serve_metrics(**_: Any) -> None:
     # After the pool's first fork: the children need not inherit the listening socket.
     global _metrics_server
     if _worker_app is not None and _metrics_server is None:
-        _metrics_server = metrics.serve(_worker_app.settings)
+        _metrics_server = endpoint.serve(_worker_app.settings)
 
 
 @worker_shutdown.connect

@@ -47,7 +47,10 @@ def health(as_json: JsonOpt = False) -> None:
 
 def collect_stats(client: redis.Redis) -> dict[str, Any]:
     """The ``stats --json`` document (see README "Operations")."""
-    from notifier.metrics import dead_letter_summary, held_messages, queue_lengths, recent_outcomes
+    from notifier.metrics.dead_letters import dead_letter_summary
+    from notifier.metrics.queues import queue_lengths
+    from notifier.metrics.tallies import recent_outcomes
+    from notifier.metrics.unacked import held_messages
 
     ready = queue_lengths(client)
     held = held_messages(client)

@@ -35,7 +35,7 @@ from notifier.deadletter import DeadLetterStore
 from notifier.events import parse_event
 from notifier.health import check_smtp
 from notifier.ledger import Ledger
-from notifier.metrics import recent_outcomes
+from notifier.metrics.tallies import recent_outcomes
 from notifier.planner import plan
 from notifier.settings import Settings
 from notifier.testing import SmtpSink, TwilioStandIn, free_port

@@ -28,15 +28,13 @@ from notifier.compose import ComposedEmail
 from notifier.deadletter import DeadLetterStore
 from notifier.errors import TransientError
 from notifier.events import parse_event
-from notifier.metrics import (
-    Metrics,
-    RecentOutcomes,
-    RedisCollector,
-    dead_letter_summary,
-    held_messages,
-    queue_lengths,
-    recent_outcomes,
-)
+from notifier.metrics import endpoint
+from notifier.metrics.dead_letters import dead_letter_summary
+from notifier.metrics.endpoint import RedisCollector
+from notifier.metrics.instruments import Metrics
+from notifier.metrics.queues import queue_lengths
+from notifier.metrics.tallies import RecentOutcomes, recent_outcomes
+from notifier.metrics.unacked import held_messages
 from notifier.pipeline import handle_event
 from notifier.planner import plan
 from notifier.redis_clients import quick_redis
@@ -340,23 +338,23 @@ def test_a_configured_multiprocess_dir_is_wiped_of_stale_counts(
 ) -> None:
     (tmp_path / "counter_123.db").write_bytes(b"stale")
     (tmp_path / "keep.txt").write_text("not ours")
-    monkeypatch.setenv(metrics.MULTIPROC_ENV, str(tmp_path))
+    monkeypatch.setenv(endpoint.MULTIPROC_ENV, str(tmp_path))
 
-    assert metrics.prepare_multiprocess() == tmp_path
+    assert endpoint.prepare_multiprocess() == tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
 
 
 def test_without_a_configured_dir_a_private_one_is_made_and_exported(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.delenv(metrics.MULTIPROC_ENV, raising=False)
+    monkeypatch.delenv(endpoint.MULTIPROC_ENV, raising=False)
 
-    directory = metrics.prepare_multiprocess()
+    directory = endpoint.prepare_multiprocess()
     try:
         assert directory.is_dir()
-        assert os.environ[metrics.MULTIPROC_ENV] == str(directory)
+        assert os.environ[endpoint.MULTIPROC_ENV] == str(directory)
     finally:
-        metrics.remove_private_dir(directory)
+        endpoint.remove_private_dir(directory)
     assert not directory.exists()
 
 
@@ -364,7 +362,7 @@ def test_importing_the_worker_module_does_not_import_prometheus_client() -> None
     # prometheus_client picks in-memory or multiprocess values on import; the
     # worker must get to set PROMETHEUS_MULTIPROC_DIR first.
     probe = "import sys, worker; print('prometheus_client' in sys.modules)"
-    environment = {k: v for k, v in os.environ.items() if k != metrics.MULTIPROC_ENV}
+    environment = {k: v for k, v in os.environ.items() if k != endpoint.MULTIPROC_ENV}
     result = subprocess.run(
         [sys.executable, "-c", probe],
         cwd=ROOT,
@@ -378,28 +376,28 @@ def test_importing_the_worker_module_does_not_import_prometheus_client() -> None
 
 
 def test_no_endpoint_is_served_when_the_port_is_zero() -> None:
-    assert metrics.serve(make_settings(notifier_metrics_port=0)) is None
+    assert endpoint.serve(make_settings(notifier_metrics_port=0)) is None
 
 
 def test_a_busy_port_is_logged_and_the_worker_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(metrics.MULTIPROC_ENV, raising=False)
+    monkeypatch.delenv(endpoint.MULTIPROC_ENV, raising=False)
     settings = make_settings(notifier_metrics_port=free_port(), redis_url="redis://127.0.0.1:1/0")
-    with metrics.serving(settings) as first:
+    with endpoint.serving(settings) as first:
         assert first is not None
-        assert metrics.serve(settings) is None
+        assert endpoint.serve(settings) is None
 
 
 def test_the_endpoint_serves_the_metrics_and_the_redis_gauges(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.delenv(metrics.MULTIPROC_ENV, raising=False)
+    monkeypatch.delenv(endpoint.MULTIPROC_ENV, raising=False)
     metrics.record_event("user.registered")
     port = free_port()
     # Redis on a closed port: the endpoint still answers, with redis_up 0.
     closed = f"redis://127.0.0.1:{free_port()}/0"
     settings = make_settings(notifier_metrics_port=port, redis_url=closed)
     with (
-        metrics.serving(settings, host="127.0.0.1"),
+        endpoint.serving(settings, host="127.0.0.1"),
         urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response,
     ):
         body = response.read().decode()
