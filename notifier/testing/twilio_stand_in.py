@@ -1,0 +1,344 @@
+"""A local HTTP server answering the Twilio Messages API as Twilio does.
+
+Standard library only: it needs no extra.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import collections
+import email.utils
+import json
+import logging
+import pathlib
+import re
+import secrets
+import socket
+import threading
+import time
+import urllib.parse
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, cast
+
+from notifier.channels.sms import segments
+from notifier.testing.atomic_write import write_atomically
+from notifier.testing.ports import free_port
+from notifier.testing.recorder import Recorder, check_failure_code
+
+__all__ = ["TWILIO_TEST_ACCOUNT_SID", "TWILIO_TEST_AUTH_TOKEN", "ReceivedSms", "TwilioStandIn"]
+
+log = logging.getLogger(__name__)
+
+TWILIO_TEST_ACCOUNT_SID = "AC" + "0" * 32
+"""Account SID the :class:`TwilioStandIn` accepts by default (Twilio's shape: AC + 32 hex)."""
+
+TWILIO_TEST_AUTH_TOKEN = "test-auth-token"  # noqa: S105 - a fixed credential for a local double
+"""Auth token the :class:`TwilioStandIn` accepts by default."""
+
+
+@dataclass(frozen=True)
+class ReceivedSms:
+    """One message accepted by a :class:`TwilioStandIn`."""
+
+    sid: str
+    """The Message SID returned to the client (``SM`` + 32 hex)."""
+    account_sid: str
+    to: str
+    from_: str
+    """The ``From`` field (empty when only ``MessagingServiceSid`` was sent)."""
+    body: str
+    path: pathlib.Path | None = None
+    """Where the Message resource was written when the stand-in has a ``json_dir``."""
+
+
+def _twilio_error(status: int, code: int, message: str) -> dict[str, Any]:
+    return {
+        "code": code,
+        "message": message,
+        "more_info": f"https://www.twilio.com/docs/errors/{code}",
+        "status": status,
+    }
+
+
+_Reply = tuple[int, dict[str, Any], dict[str, str]]
+_MESSAGES_PATH = re.compile(r"/2010-04-01/Accounts/([^/]+)/Messages\.json")
+
+
+class _TwilioHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], stand_in: TwilioStandIn) -> None:
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        self.stand_in = stand_in
+        super().__init__(address, _TwilioRequestHandler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Clients that hang up mid-request (timeouts against a slow stand-in)
+        # would otherwise print tracebacks to stderr.
+        log.debug("TwilioStandIn: error while serving %s", client_address, exc_info=True)
+
+
+class _TwilioRequestHandler(BaseHTTPRequestHandler):
+    server_version = "TwilioStandIn/1.0"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silence the per-request log lines on stderr."""
+
+    def _serve(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length > 0 else b""
+        stand_in = cast(_TwilioHTTPServer, self.server).stand_in
+        status, payload, headers = stand_in._answer(
+            self.command, self.path, self.headers.get("Authorization"), body
+        )
+        encoded = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Length", str(len(encoded)))
+        self.send_header("Twilio-Request-Id", "RQ" + uuid.uuid4().hex)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(encoded)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
+
+
+class TwilioStandIn(Recorder[ReceivedSms]):
+    """Local HTTP stand-in for the Twilio Messages API.
+
+    Answers ``POST /2010-04-01/Accounts/{sid}/Messages.json`` like Twilio:
+    HTTP basic auth (account SID and auth token; otherwise ``401``, code
+    20003), the account in the URL must be ours (else ``404``, code 20404),
+    form fields ``To`` (else ``400``/21604), ``From`` or
+    ``MessagingServiceSid`` (else ``400``/21603), ``Body`` or ``MediaUrl``
+    (else ``400``/21602); success is ``201`` with a Message resource
+    (``status`` ``"queued"``). Errors use Twilio's JSON shape, so the real
+    ``twilio`` client raises ``TwilioRestException`` with ``.status`` and
+    ``.code``.
+
+    With ``json_dir`` every accepted SMS is also written there as
+    ``<n>-<sid>.json`` (the Message resource returned; ``n`` counts from 1
+    for the life of the stand-in) and :attr:`ReceivedSms.path` points at it.
+    ``delay`` seconds are slept before answering each request.
+
+    Point a real client at it::
+
+        client = Client(stand_in.account_sid, stand_in.auth_token,
+                        http_client=TwilioHttpClient(timeout=5),
+                        environment={"TWILIO_EDGE": "", "TWILIO_REGION": ""})
+        client.api.base_url = stand_in.base_url
+
+    Note the non-empty ``environment``: twilio 9 does ``environment or
+    os.environ``, so ``environment={}`` still lets ``TWILIO_REGION`` or
+    ``TWILIO_EDGE`` in the process environment rewrite the host
+    (``127.0.0.1`` becomes ``127.<region>.0.1``).
+    """
+
+    _noun = "SMS"
+
+    def __init__(
+        self,
+        *,
+        account_sid: str = TWILIO_TEST_ACCOUNT_SID,
+        auth_token: str = TWILIO_TEST_AUTH_TOKEN,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        json_dir: pathlib.Path | None = None,
+        delay: float = 0.0,
+    ) -> None:
+        if delay < 0:
+            raise ValueError("delay must not be negative")
+        self._account_sid = account_sid
+        self._auth_token = auth_token
+        self._host = host
+        self._port = port if port is not None else free_port(host)
+        self._json_dir = json_dir
+        self._delay = delay
+
+        super().__init__()
+        self._failures: collections.deque[tuple[int, int, str]] = collections.deque()
+        self._requests = 0
+        self._sequence = 0
+        self._server: _TwilioHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle
+
+    @property
+    def account_sid(self) -> str:
+        """The account SID the stand-in accepts."""
+        return self._account_sid
+
+    @property
+    def auth_token(self) -> str:
+        """The auth token the stand-in accepts."""
+        return self._auth_token
+
+    @property
+    def base_url(self) -> str:
+        """The origin to use instead of ``https://api.twilio.com``."""
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"http://{host}:{self._port}"
+
+    @property
+    def running(self) -> bool:
+        """Whether the stand-in is accepting connections."""
+        return self._server is not None
+
+    def start(self) -> None:
+        """Start serving in a daemon thread; returns once the port is bound."""
+        if self._server is not None:
+            raise RuntimeError("TwilioStandIn is already running")
+        if self._json_dir is not None:
+            self._json_dir.mkdir(parents=True, exist_ok=True)
+        server = _TwilioHTTPServer((self._host, self._port), self)
+        thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"twilio-stand-in-{self._port}",
+            daemon=True,
+        )
+        thread.start()
+        self._server, self._thread = server, thread
+
+    def stop(self) -> None:
+        """Stop serving and close the port; a no-op when stopped."""
+        server, thread = self._server, self._thread
+        if server is None:
+            return
+        self._server = self._thread = None
+        server.shutdown()
+        server.server_close()
+        if thread is not None:
+            thread.join(timeout=5)
+
+    # -- what arrived
+
+    @property
+    def requests(self) -> int:
+        """Number of HTTP requests received, failed ones included (not reset by clear)."""
+        with self._cond:
+            return self._requests
+
+    # -- misbehaving on purpose
+
+    def fail_next(self, status: int, code: int, message: str, *, times: int = 1) -> None:
+        """Answer the next ``times`` authenticated Messages requests with an error.
+
+        The body is Twilio's error JSON ``{"code", "message", "more_info",
+        "status"}``, e.g. ``fail_next(429, 20429, "Too Many Requests")``.
+        Authentication and the account check still come first.
+        """
+        check_failure_code(status)
+        if times < 1:
+            raise ValueError("times must be at least 1")
+        with self._cond:
+            self._failures.extend([(status, code, message)] * times)
+
+    def clear(self) -> None:
+        """Forget accepted SMS and injected failures (not the request count)."""
+        with self._cond:
+            self._messages.clear()
+            self._failures.clear()
+
+    # -- called from request threads
+
+    def _authorized(self, header: str | None) -> bool:
+        if not header or not header.startswith("Basic "):
+            return False
+        try:
+            decoded = base64.b64decode(header[len("Basic ") :], validate=True)
+        except (binascii.Error, ValueError):
+            return False
+        user, _, password = decoded.partition(b":")
+        return secrets.compare_digest(user, self._account_sid.encode()) & secrets.compare_digest(
+            password, self._auth_token.encode()
+        )
+
+    def _answer(self, method: str, raw_path: str, authorization: str | None, body: bytes) -> _Reply:
+        with self._cond:
+            self._requests += 1
+        if self._delay > 0:
+            time.sleep(self._delay)
+        if not self._authorized(authorization):
+            return (
+                401,
+                _twilio_error(401, 20003, "Authentication Error - invalid username"),
+                {"WWW-Authenticate": 'Basic realm="Twilio API"'},
+            )
+        path = urllib.parse.urlsplit(raw_path).path
+        match = _MESSAGES_PATH.fullmatch(path)
+        if match is None or match.group(1) != self._account_sid:
+            message = f"The requested resource {path} was not found"
+            return 404, _twilio_error(404, 20404, message), {}
+        if method != "POST":
+            return 405, _twilio_error(405, 20004, "Method not allowed"), {"Allow": "POST"}
+        with self._cond:
+            failure = self._failures.popleft() if self._failures else None
+        if failure is not None:
+            status, code, message = failure
+            return status, _twilio_error(status, code, message), {}
+
+        fields = {
+            key: values[0]
+            for key, values in urllib.parse.parse_qs(
+                body.decode("utf-8", errors="replace"), keep_blank_values=True
+            ).items()
+        }
+        to, from_, text = fields.get("To", ""), fields.get("From", ""), fields.get("Body", "")
+        if not to:
+            return 400, _twilio_error(400, 21604, "A 'To' phone number is required."), {}
+        if not from_ and not fields.get("MessagingServiceSid"):
+            return 400, _twilio_error(400, 21603, "A 'From' phone number is required."), {}
+        if not text and not fields.get("MediaUrl") and not fields.get("ContentSid"):
+            return 400, _twilio_error(400, 21602, "Message body is required."), {}
+        return 201, self._accept(to, from_, text, fields.get("MessagingServiceSid")), {}
+
+    def _accept(
+        self, to: str, from_: str, body: str, messaging_service_sid: str | None
+    ) -> dict[str, Any]:
+        sid = "SM" + uuid.uuid4().hex
+        now = email.utils.format_datetime(datetime.now(UTC))
+        base = f"/2010-04-01/Accounts/{self._account_sid}/Messages/{sid}"
+        resource: dict[str, Any] = {
+            "account_sid": self._account_sid,
+            "api_version": "2010-04-01",
+            "body": body,
+            "date_created": now,
+            "date_sent": None,
+            "date_updated": now,
+            "direction": "outbound-api",
+            "error_code": None,
+            "error_message": None,
+            "from": from_ or None,
+            "messaging_service_sid": messaging_service_sid,
+            "num_media": "0",
+            "num_segments": str(segments(body)[0]),
+            "price": None,
+            "price_unit": "USD",
+            "sid": sid,
+            "status": "queued",
+            "subresource_uris": {"media": f"{base}/Media.json"},
+            "to": to,
+            "uri": f"{base}.json",
+        }
+        with self._cond:
+            self._sequence += 1
+            sequence = self._sequence
+        path = None
+        if self._json_dir is not None:
+            path = self._json_dir / f"{sequence}-{sid}.json"
+            write_atomically(path, json.dumps(resource, indent=2, sort_keys=True).encode())
+        received = ReceivedSms(
+            sid=sid, account_sid=self._account_sid, to=to, from_=from_, body=body, path=path
+        )
+        with self._cond:
+            self._messages.append(received)
+            self._cond.notify_all()
+        return resource
