@@ -48,7 +48,7 @@ STAGES: tuple[tuple[str, str], ...] = (
     ("dead letters (Redis)", "notifier/deadletter.py"),
     ("render (Jinja2)", "notifier/templates.py"),
     ("MIME build (email package)", "notifier/compose.py"),
-    ("SMTP (smtplib, socket)", "notifier/channels/smtp.py"),
+    ("SMTP (smtplib, socket)", "notifier/channels/smtp/"),
     ("MIME serialize (email.generator)", "email/generator.py"),
     ("logging (structlog)", "notifier/logs.py"),
     ("logging (structlog)", "structlog/"),

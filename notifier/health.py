@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 import redis
 
 from notifier import keys
-from notifier.channels.smtp import SmtpProvider
+from notifier.channels.smtp.connection import SmtpProvider
 from notifier.redis_clients import quick_redis
 from notifier.settings import Settings
 

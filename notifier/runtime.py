@@ -30,7 +30,8 @@ from redis.retry import Retry
 from notifier import metrics
 from notifier.channels import Receipt
 from notifier.channels.sms import SmsChannel
-from notifier.channels.smtp import CircuitBreaker, FailoverMailer, SmtpChannel, SmtpProvider
+from notifier.channels.smtp.connection import SmtpChannel, SmtpProvider
+from notifier.channels.smtp.failover import CircuitBreaker, FailoverMailer
 from notifier.compose import ComposedEmail, SmsMessage, parse_sender
 from notifier.deadletter import DeadLetterStore
 from notifier.errors import ConfigurationError
@@ -45,7 +46,7 @@ __all__ = ["Mailer", "Runtime", "SmsSender", "redis_client"]
 
 
 class Mailer(Protocol):
-    """Sends one composed email (``channels.smtp.FailoverMailer`` in production)."""
+    """Sends one composed email (``channels.smtp.failover.FailoverMailer`` in production)."""
 
     def send(self, message: ComposedEmail, sender: str, recipient: str) -> Receipt:
         """Hand the message to a provider; raise Transient/PermanentError otherwise."""

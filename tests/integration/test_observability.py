@@ -29,7 +29,7 @@ import trustme
 from prometheus_client.parser import text_string_to_metric_families
 
 from notifier.app import NotifierCelery, create_app
-from notifier.channels.smtp import SmtpProvider
+from notifier.channels.smtp.connection import SmtpProvider
 from notifier.client import publish_many
 from notifier.deadletter import DeadLetterStore
 from notifier.events import parse_event

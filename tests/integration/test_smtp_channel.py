@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from notifier.channels.smtp import SmtpChannel, SmtpProvider
+from notifier.channels.smtp.connection import SmtpChannel, SmtpProvider
 from notifier.compose import ComposedEmail, compose_email, parse_sender
 from notifier.errors import (
     ConfigurationError,

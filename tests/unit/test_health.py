@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 import notifier.health
 import notifier.settings
 from notifier import keys
-from notifier.channels.smtp import SmtpProvider
+from notifier.channels.smtp.connection import SmtpProvider
 from notifier.cli import app as cli
 from notifier.health import (
     Check,
