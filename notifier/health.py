@@ -22,17 +22,16 @@ SMTP by host and port, Twilio settings by name only.
 from __future__ import annotations
 
 import smtplib
-import ssl
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Literal
 from urllib.parse import urlsplit
 
 import redis
 
 from notifier import keys
-from notifier.channels.smtp.connection import SmtpProvider
+from notifier.channels.smtp.connection import SmtpProvider, open_connection, start_tls
 from notifier.redis_clients import quick_redis
 from notifier.settings import Settings
 
@@ -122,28 +121,24 @@ def check_redis(client: redis.Redis, where: str) -> Check:
 
 
 def check_smtp(provider: SmtpProvider, name: str = "smtp") -> Check:
-    """Connect, EHLO and (if configured) STARTTLS, then QUIT; nothing is sent."""
+    """Connect, EHLO and (if configured) STARTTLS, then QUIT; nothing is sent.
+
+    The connection is opened by the channel's own code, so the check sees the
+    TLS settings and certificate checks a send would; it stops before login.
+    """
     where = f"{provider.host}:{provider.port}"
 
     def probe() -> tuple[Status, str]:
-        timeout = min(provider.timeout, CHECK_TIMEOUT)
-        cafile = str(provider.ca_file) if provider.ca_file else None
+        probed = replace(provider, timeout=min(provider.timeout, CHECK_TIMEOUT))
         connection: smtplib.SMTP | None = None
         try:
-            if provider.use_ssl:
-                context = ssl.create_default_context(cafile=cafile)
-                connection = smtplib.SMTP_SSL(
-                    provider.host, provider.port, timeout=timeout, context=context
-                )
-            else:
-                connection = smtplib.SMTP(provider.host, provider.port, timeout=timeout)
+            connection = open_connection(probed)
             code, _ = connection.ehlo()
             if code != 250:
                 return "fail", f"{where}: EHLO answered {code}"
             security = "implicit TLS" if provider.use_ssl else "plain"
             if provider.use_tls:
-                connection.starttls(context=ssl.create_default_context(cafile=cafile))
-                code, _ = connection.ehlo()
+                code, _ = start_tls(connection, probed)
                 if code != 250:
                     return "fail", f"{where}: EHLO after STARTTLS answered {code}"
                 security = "STARTTLS"

@@ -383,6 +383,28 @@ def test_health_checks_starttls_against_a_verified_certificate(tmp_path: Path) -
     assert (check.status, check.detail.endswith("(STARTTLS)")) == ("ok", True)
 
 
+def test_health_checks_implicit_tls_and_refuses_an_unknown_certificate(tmp_path: Path) -> None:
+    # The probe opens its connection with the channel's code: same TLS, same verification.
+    ca = trustme.CA()
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(server)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    with SmtpSink(implicit_tls_context=server) as sink:
+        settings = make_settings(
+            mail_server=sink.host, mail_port=sink.port, mail_use_tls=False, mail_use_ssl=True
+        )
+
+        trusted = check_smtp(
+            SmtpProvider.primary(settings.model_copy(update={"mail_ca_file": ca_file}))
+        )
+        untrusted = check_smtp(SmtpProvider.primary(settings))
+
+    assert (trusted.status, trusted.detail.endswith("(implicit TLS)")) == ("ok", True)
+    assert untrusted.status == "fail"
+    assert "CERTIFICATE_VERIFY_FAILED" in untrusted.detail
+
+
 # --- embedded workers ------------------------------------------------------------------
 
 
