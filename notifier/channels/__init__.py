@@ -1,4 +1,4 @@
-"""Delivery channels: one module per provider protocol, each with ``send(message) -> Receipt``."""
+"""Delivery channels: a module or package per provider protocol, each with ``send() -> Receipt``."""
 
 from __future__ import annotations
 
