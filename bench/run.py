@@ -57,14 +57,19 @@ from notifier.events import parse_event
 from notifier.planner import plan
 from notifier.settings import Settings
 from notifier.templates import Renderer
-from notifier.testing import EmbeddedRedis, free_port, make_settings, redis_reachable
+from notifier.testing import (
+    EmbeddedRedis,
+    WorkerProcess,
+    free_port,
+    make_settings,
+    redis_reachable,
+)
 
 __all__ = ["Config", "main", "run"]
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/11"
 SENDER = "Bookings <bookings@example.com>"
-QUEUES = ",".join(keys.QUEUES)
 # The fields the JSON line always carries (the smoke test checks each one).
 REQUIRED_FIELDS = (
     "emails_per_s",
@@ -100,82 +105,6 @@ class Config:
 
 
 # --------------------------------------------------------------------------- processes
-
-
-class Worker:
-    """A worker started as operators start it, in its own process group."""
-
-    def __init__(
-        self,
-        app_module: str,
-        env: dict[str, str],
-        log_path: Path,
-        concurrency: int,
-        extra: Sequence[str] = (),
-    ) -> None:
-        self.command = [
-            _celery_executable(),
-            "-A",
-            app_module,
-            "worker",
-            "-Q",
-            QUEUES,
-            "-c",
-            str(concurrency),
-            *extra,
-        ]
-        self._env = env
-        self._log_path = log_path
-        self.process: subprocess.Popen[bytes] | None = None
-        self.started_at = 0.0
-
-    def start(self) -> None:
-        """Spawn it; ``started_at`` is the monotonic time just before."""
-        self._log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self._log_path.open("wb") as log:
-            self.started_at = time.monotonic()
-            self.process = subprocess.Popen(  # noqa: S603 - our own fixed command
-                self.command,
-                cwd=REPO,
-                env=self._env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its pool children share its process group
-            )
-
-    @property
-    def pid(self) -> int | None:
-        """The worker's (parent) process id while it runs."""
-        process = self.process
-        return process.pid if process is not None and process.poll() is None else None
-
-    def check_alive(self) -> None:
-        """Raise if the worker died (with the tail of its log)."""
-        if self.process is not None and self.process.poll() is not None:
-            tail = self._log_path.read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"worker exited with {self.process.returncode}:\n{tail}")
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """Warm shutdown (SIGTERM: children close their SMTP connections), then SIGKILL."""
-        process, self.process = self.process, None
-        if process is None:
-            return
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        # Pool children left behind by a killed parent: the group is ours alone.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, signal.SIGKILL)
-
-
-def _celery_executable() -> str:
-    candidate = Path(sys.executable).parent / "celery"
-    return str(candidate) if candidate.exists() else "celery"
 
 
 class PySpy:
@@ -225,6 +154,19 @@ class PySpy:
 # --------------------------------------------------------------------------- helpers
 
 
+def _worker(app: str, env: dict[str, str], config: Config, log_name: str) -> WorkerProcess:
+    """A worker started as operators start it; Celery's default log level (WARNING)."""
+    return WorkerProcess(
+        env,
+        config.workdir / log_name,
+        app=app,
+        concurrency=config.concurrency,
+        loglevel=None,
+        options=config.worker_args,
+        cwd=REPO,
+    )
+
+
 def _settings(redis_url: str, smtp_port: int) -> Settings:
     return make_settings(
         redis_url=redis_url,
@@ -257,7 +199,11 @@ def _worker_env(redis_url: str, smtp_port: int) -> dict[str, str]:
 
 
 def _wait(
-    probe: Any, timeout: float, what: str, worker: Worker | None = None, poll: float = 0.01
+    probe: Any,
+    timeout: float,
+    what: str,
+    worker: WorkerProcess | None = None,
+    poll: float = 0.01,
 ) -> float:
     """Poll ``probe()`` until true; return the monotonic time it first was."""
     deadline = time.monotonic() + timeout
@@ -282,19 +228,12 @@ class CpuSample:
     machine_busy: float
 
     @classmethod
-    def take(cls, worker_pid: int | None, sink_pid: int | None) -> CpuSample:
+    def take(cls, worker: WorkerProcess, sink_pid: int | None) -> CpuSample:
         """Read /proc now (zeros where it is unreadable: not Linux, or the process is gone)."""
-        children = 0.0
-        if worker_pid is not None:
-            try:
-                listed = Path(f"/proc/{worker_pid}/task/{worker_pid}/children").read_text()
-            except OSError:
-                listed = ""
-            children = sum(_process_cpu(int(pid)) for pid in listed.split())
         return cls(
             at=time.monotonic(),
-            parent=_process_cpu(worker_pid),
-            children=children,
+            parent=_process_cpu(worker.pid if worker.running() else None),
+            children=sum(_process_cpu(pid) for pid in worker.child_pids()),
             sink=_process_cpu(sink_pid),
             machine_busy=_machine_busy(),
         )
@@ -406,17 +345,11 @@ def measure_noop(config: Config, redis_url: str, app: Any, client: redis.Redis) 
     events = workload.make_events(config.noop_tasks, config.booking_share, start=10_000_000)
     publish_per_s = _publish(app, events)
     total = config.noop_tasks
-    worker = Worker(
-        "bench.noop",
-        _worker_env(redis_url, 1),
-        config.workdir / "noop.log",
-        config.concurrency,
-        config.worker_args,
-    )
+    worker = _worker("bench.noop", _worker_env(redis_url, 1), config, "noop.log")
     try:
         worker.start()
         first = _wait(lambda: client.llen(keys.EVENTS_QUEUE) < total, 60, "the first task", worker)
-        cpu_first = CpuSample.take(worker.pid, None)
+        cpu_first = CpuSample.take(worker, None)
         # Drained = nothing queued and nothing unacked (acks_late: acked once done).
         done = _wait(
             lambda: client.llen(keys.EVENTS_QUEUE) == 0 and client.hlen("unacked") == 0,
@@ -424,7 +357,7 @@ def measure_noop(config: Config, redis_url: str, app: Any, client: redis.Redis) 
             "the no-op worker to drain its queue",
             worker,
         )
-        cpu_done = CpuSample.take(worker.pid, None)
+        cpu_done = CpuSample.take(worker, None)
     finally:
         worker.stop()
     return {
@@ -433,7 +366,7 @@ def measure_noop(config: Config, redis_url: str, app: Any, client: redis.Redis) 
         "noop_tasks_per_s_incl_boot": total / (done - worker.started_at),
         "noop_boot_s": first - worker.started_at,
         "noop_publish_per_s": publish_per_s,
-        "noop_command": " ".join(worker.command[1:]),
+        "noop_command": " ".join(worker.arguments),
     }
 
 
@@ -455,24 +388,17 @@ def measure_end_to_end(
     send_us = 1e6 / publish_per_s - validate_us
 
     sink = _make_sink(sink_kind, config.workdir)
-    worker = Worker(
-        "worker",
-        _worker_env(redis_url, sink.port),
-        config.workdir / "worker-e2e.log",
-        config.concurrency,
-        config.worker_args,
-    )
+    worker = _worker("worker", _worker_env(redis_url, sink.port), config, "worker-e2e.log")
     spy = PySpy(config.py_spy) if config.py_spy else None
     sink.start()
     try:
         worker.start()
         if spy is not None:
-            assert worker.process is not None
-            spy.start(worker.process.pid)
+            spy.start(worker.pid)
         first = _wait(
             lambda: client.llen(keys.EVENTS_QUEUE) < len(events), 60, "the first event", worker
         )
-        cpu_first = CpuSample.take(worker.pid, sink.pid)
+        cpu_first = CpuSample.take(worker, sink.pid)
         deadline = time.monotonic() + config.drain_timeout
         while True:
             seen = sink.received()
@@ -483,7 +409,7 @@ def measure_end_to_end(
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the sink received {seen.messages} of {expected} emails")
             time.sleep(0.01)
-        cpu_last = CpuSample.take(worker.pid, sink.pid)
+        cpu_last = CpuSample.take(worker, sink.pid)
         if spy is not None:
             spy.stop()
         worker.stop()
@@ -512,7 +438,7 @@ def measure_end_to_end(
         "dead_letters": dead,
         "email_retries_queued": retries,
         "e2e_sink": sink.kind,
-        "worker_command": " ".join(worker.command[1:]),
+        "worker_command": " ".join(worker.arguments),
     }
 
 
@@ -532,13 +458,7 @@ def measure_latency(
         for delivery_id in workload.emails_of(event)
     }
     sink = PythonSink(config.workdir, free_port())  # exact per-message arrival times
-    worker = Worker(
-        "worker",
-        _worker_env(redis_url, sink.port),
-        config.workdir / "worker-latency.log",
-        config.concurrency,
-        config.worker_args,
-    )
+    worker = _worker("worker", _worker_env(redis_url, sink.port), config, "worker-latency.log")
     published_at = [0.0] * len(events)
     sink.start()
     try:

