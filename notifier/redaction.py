@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 
+from notifier.addresses import E164
+
 __all__ = ["EXAMPLE_PHONE", "redact_address", "redact_email", "redact_phone", "redact_text"]
 
 EXAMPLE_PHONE = "+442079460123"
@@ -19,7 +21,6 @@ redacted, the hint "such as +44*******123" would show no format at all.
 
 # \w is Unicode-aware: internationalized addresses (zoë@exämple.com) are valid events.
 _EMAIL = re.compile(r"[\w.!#$%&'*+/=?^`{|}~-]+@[\w-]+(?:\.[\w-]+)+")
-_PHONE = re.compile(r"\+[1-9][0-9]{6,14}")
 
 
 def redact_email(address: str) -> str:
@@ -53,7 +54,7 @@ def redact_text(text: str) -> str:
     if "@" not in text and "+" not in text:
         return text
     text = _EMAIL.sub(lambda match: redact_email(match.group(0)), text)
-    return _PHONE.sub(_redact_phone_match, text)
+    return E164.sub(_redact_phone_match, text)
 
 
 def _redact_phone_match(match: re.Match[str]) -> str:
