@@ -118,13 +118,17 @@ class RecentOutcomes:
             if self._client is client:
                 self._client = None
 
+    def flush_due(self) -> None:
+        """One tick of the background flusher: the pending tallies, to the attached client."""
+        with self._flush_lock:
+            client = self._client
+            if client is not None and self.pending():
+                self._flush(client)
+
     def _flush_forever(self) -> None:
         while True:
             time.sleep(self.interval)
-            with self._flush_lock:
-                client = self._client
-                if client is not None and self.pending():
-                    self._flush(client)
+            self.flush_due()
 
 
 def recent_outcomes(

@@ -174,6 +174,7 @@ class _SinkHandler:
         return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self._sink._data_arrived()
         if self._sink._delay > 0:
             await asyncio.sleep(self._sink._delay)
         failure = self._sink._take_failure("data")
@@ -289,6 +290,7 @@ class SmtpSink(Recorder[ReceivedEmail]):
         self._rejected: dict[str, str] = {}
         self._connections = 0
         self._sequence = 0  # messages accepted since creation; names .eml files
+        self._bodies_received = 0  # whole messages in, answered or not
         self._controller: _SinkController | None = None
 
     # -- lifecycle
@@ -352,6 +354,23 @@ class SmtpSink(Recorder[ReceivedEmail]):
         with self._cond:
             self._connections = connections_before
         self._controller = controller
+
+    def wait_for_bodies(self, count: int, timeout: float = 10.0) -> None:
+        """Block until ``count`` whole messages have arrived, answered or not.
+
+        With ``delay``, the moment after this returns and before the answer is
+        the middle of a send: the server holds the message, the client waits.
+        """
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._bodies_received >= count, timeout):
+                raise TimeoutError(
+                    f"{self._bodies_received} of {count} message bodies arrived in {timeout:g}s"
+                )
+
+    def _data_arrived(self) -> None:
+        with self._cond:
+            self._bodies_received += 1
+            self._cond.notify_all()
 
     def stop(self) -> None:
         """Stop listening and drop open connections; a no-op when stopped."""

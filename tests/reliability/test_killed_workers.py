@@ -71,7 +71,8 @@ def test_a_pool_process_killed_mid_send_is_redelivered_and_the_worker_keeps_goin
     [victim] = eventually(
         lambda: clients_of(worker, system.sink.port), timeout=30, what="a pool process to send"
     )
-    time.sleep(0.3)  # well inside the server's one-second DATA: mid-send
+    # The sink holds the whole message and answers a second later: mid-send.
+    system.sink.wait_for_bodies(1, timeout=30)
     in_flight = system.claims()
     victim.kill()
     eventually(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -160,12 +161,12 @@ class AcceptingSmtp:
 
 
 @pytest.fixture
-def rt(monkeypatch: pytest.MonkeyPatch, client: fakeredis.FakeRedis) -> Iterator[Runtime]:
+def rt(client: fakeredis.FakeRedis) -> Iterator[Runtime]:
     """A Runtime whose every Redis use is fakeredis and whose SMTP accepts everything."""
-    monkeypatch.setattr(notifier.runtime, "redis_client", lambda _settings: client)
-    runtime = Runtime(make_settings(notifier_sms_mps=0), RecordingScheduler())
-    runtime.smtp = AcceptingSmtp()  # type: ignore[assignment]
-    yield runtime
+    production = Runtime.from_settings(
+        make_settings(notifier_sms_mps=0), RecordingScheduler(), client=client
+    )
+    yield dataclasses.replace(production, smtp=AcceptingSmtp())
     client.close()
 
 
@@ -443,7 +444,8 @@ def test_stats_exits_2_when_redis_is_unreachable(monkeypatch: pytest.MonkeyPatch
 def test_a_detached_client_gets_no_more_background_flushes(
     client: fakeredis.FakeRedis,
 ) -> None:
-    recent = RecentOutcomes(clock=lambda: NOW, interval=0.05)
+    # The thread's own tick is an hour away: the test runs the next one itself.
+    recent = RecentOutcomes(clock=lambda: NOW, interval=3600)
     key = keys.stats_outcomes(int(NOW // 60))
     recent.record("email", "sent")
     recent.flush_soon(client)
@@ -451,7 +453,7 @@ def test_a_detached_client_gets_no_more_background_flushes(
     recent.flush_soon(client)  # the second is left to the background thread
 
     recent.detach(client)  # as Runtime.close() does before closing the client
-    time.sleep(0.3)
+    recent.flush_due()  # the background thread's next tick
 
     assert client.hget(key, "email:sent") == b"1"
     assert recent.pending() == 1
