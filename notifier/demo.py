@@ -27,7 +27,7 @@ from notifier.events import parse_event
 from notifier.keys import QUEUES
 from notifier.ledger import Ledger
 from notifier.planner import Delivery, plan
-from notifier.runtime import redis_client
+from notifier.redis_clients import redis_client
 from notifier.settings import Settings, get_settings
 from notifier.testing import (
     EmbeddedRedis,

@@ -24,6 +24,7 @@ import redis
 
 from notifier import keys
 from notifier.channels import Receipt
+from notifier.redis_clients import reply_text
 
 __all__ = ["Claim", "ClaimState", "Ledger"]
 
@@ -87,7 +88,7 @@ class Ledger:
         )
         if current is None:
             return Claim(ClaimState.CLAIMED, token=token)
-        if _text(current).startswith("sent:"):
+        if reply_text(current).startswith("sent:"):
             return Claim(ClaimState.SENT)
         return Claim(ClaimState.BUSY, retry_after=max(int(pttl), 0) / 1000)
 
@@ -103,13 +104,9 @@ class Ledger:
     def state(self, delivery_id: str) -> str | None:
         """The raw ledger value (``sent:...``, ``claim:...``) or None: for operators and tests."""
         value = self._redis.get(keys.ledger(delivery_id))
-        return None if value is None else _text(value)
+        return None if value is None else reply_text(value)
 
     def is_sent(self, delivery_id: str) -> bool:
         """Whether a provider accepted this delivery (within the marker's TTL)."""
         value = self.state(delivery_id)
         return value is not None and value.startswith("sent:")
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -21,11 +21,7 @@ from datetime import datetime
 from email.headerregistry import Address
 from typing import Protocol
 
-from redis import ConnectionError as RedisConnectionError
 from redis import Redis
-from redis import TimeoutError as RedisTimeoutError
-from redis.backoff import EqualJitterBackoff
-from redis.retry import Retry
 
 from notifier import metrics
 from notifier.channels import Receipt
@@ -38,11 +34,12 @@ from notifier.errors import ConfigurationError
 from notifier.jobs import Scheduler
 from notifier.ledger import Ledger
 from notifier.ratelimit import RecipientLimiter, Throttle, parse_rate_limits
+from notifier.redis_clients import redis_client
 from notifier.retry import RetryPolicy
 from notifier.settings import Settings
 from notifier.templates import Renderer
 
-__all__ = ["Mailer", "Runtime", "SmsSender", "redis_client"]
+__all__ = ["Mailer", "Runtime", "SmsSender"]
 
 
 class Mailer(Protocol):
@@ -63,25 +60,6 @@ class SmsSender(Protocol):
 
     def close(self) -> None:
         """Close the HTTP session."""
-
-
-def redis_client(settings: Settings) -> Redis:
-    """The worker's Redis client: timeouts, and retries that ride out a Redis restart.
-
-    A hung Redis must fail a call, not freeze a worker; a restart (AOF reload,
-    failover) of a second or two must not fail the deliveries in flight, which
-    would turn into duplicates or dead letters. Six tries with jittered backoff
-    capped at 2 s cover about ten seconds. ``notifier health`` uses its own
-    fail-fast client.
-    """
-    return Redis.from_url(
-        settings.redis_url,
-        socket_timeout=10,
-        socket_connect_timeout=5,
-        health_check_interval=30,
-        retry=Retry(EqualJitterBackoff(cap=2.0, base=0.2), 6),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
-    )
 
 
 def _now() -> datetime:

@@ -47,6 +47,7 @@ from kombu.utils.json import loads
 
 from notifier import keys
 from notifier.errors import PermanentError
+from notifier.redis_clients import reply_text
 
 __all__ = [
     "FETCH_SCRIPT",
@@ -121,10 +122,6 @@ _PAUSE_SECONDS = 1
 
 # Errors kombu's virtual Message raises on an envelope it cannot read.
 _ENVELOPE_ERRORS = (KeyError, TypeError, ValueError, AttributeError, binascii.Error)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class MalformedMessage(PermanentError):
@@ -290,7 +287,7 @@ class ReliableFetch:
         try:
             return loads(reply[2])
         except ValueError as exc:
-            self._move_to_rejected(queue, _text(reply[3]), reply[2], f"not JSON: {exc}")
+            self._move_to_rejected(queue, reply_text(reply[3]), reply[2], f"not JSON: {exc}")
             raise Empty() from exc
 
     # -- ours ---------------------------------------------------------------
@@ -319,7 +316,7 @@ class ReliableFetch:
         connection.send_command("BLMOVE", first, first, "RIGHT", "RIGHT", wait)
 
     def _dispatch(self, reply: list[bytes]) -> None:
-        status, key, raw, detail = (reply[0], _text(reply[1]), reply[2], _text(reply[3]))
+        status, key, raw, detail = (reply[0], reply_text(reply[1]), reply[2], reply_text(reply[3]))
         queue = key.rsplit(self.sep, 1)[0]
         self._queue_cycle.rotate(queue)
         if status == b"rejected":

@@ -54,7 +54,7 @@ def parse_when(value: str, now: datetime | None = None) -> datetime:
 
 
 def _store() -> DeadLetterStore:
-    from notifier.runtime import redis_client
+    from notifier.redis_clients import redis_client
     from notifier.settings import get_settings
 
     return DeadLetterStore(redis_client(get_settings()))

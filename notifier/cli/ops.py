@@ -113,7 +113,7 @@ def stats(as_json: JsonOpt = False) -> None:
 
     Exit 2 when Redis is unreachable.
     """
-    from notifier.runtime import redis_client
+    from notifier.redis_clients import redis_client
     from notifier.settings import get_settings
 
     client = redis_client(get_settings())

@@ -24,6 +24,7 @@ import redis
 from notifier import keys
 from notifier.logs import get_logger
 from notifier.metrics.instruments import channel_label
+from notifier.redis_clients import reply_text
 
 __all__ = ["RecentOutcomes", "recent_outcomes"]
 
@@ -144,10 +145,6 @@ def recent_outcomes(
     totals: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
     for bucket in buckets:
         for name, count in bucket.items():
-            channel, _, outcome = _text(name).partition(":")
+            channel, _, outcome = reply_text(name).partition(":")
             totals[channel][outcome] += int(count)
     return {channel: dict(sorted(counts.items())) for channel, counts in sorted(totals.items())}
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

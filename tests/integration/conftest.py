@@ -13,7 +13,7 @@ from notifier.deadletter import DeadLetterStore
 from notifier.keys import QUEUES
 from notifier.ledger import Ledger
 from notifier.logs import configure_logging
-from notifier.runtime import redis_client
+from notifier.redis_clients import redis_client
 from notifier.settings import Settings
 from notifier.testing import SmtpSink, TwilioStandIn
 from tests.conftest import make_settings

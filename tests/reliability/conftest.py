@@ -39,7 +39,7 @@ from notifier.deadletter import DeadLetter, DeadLetterStore
 from notifier.events import parse_event
 from notifier.ledger import Ledger
 from notifier.planner import plan
-from notifier.runtime import redis_client
+from notifier.redis_clients import redis_client
 from notifier.settings import Settings
 from notifier.testing import (
     SmtpSink,

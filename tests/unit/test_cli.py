@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 import notifier.client
-import notifier.runtime
+import notifier.redis_clients
 import notifier.settings
 from notifier import keys
 from notifier.cli import app, parse_input
@@ -311,7 +311,7 @@ ACTIVE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e
 def dead_letters(monkeypatch: pytest.MonkeyPatch) -> DeadLetterStore:
     """The store every dlq and stats command reads: fakeredis instead of REDIS_URL."""
     client = fakeredis.FakeRedis()
-    monkeypatch.setattr(notifier.runtime, "redis_client", lambda settings: client)
+    monkeypatch.setattr(notifier.redis_clients, "redis_client", lambda settings: client)
     return DeadLetterStore(client)
 
 

@@ -20,7 +20,7 @@ import pytest
 from prometheus_client import REGISTRY, CollectorRegistry
 from typer.testing import CliRunner
 
-import notifier.runtime
+import notifier.redis_clients
 import notifier.settings
 from notifier import keys, metrics
 from notifier.channels import Receipt
@@ -413,7 +413,7 @@ def test_the_endpoint_serves_the_metrics_and_the_redis_gauges(
 def test_stats_json_reports_queues_recent_outcomes_and_dead_letters(
     monkeypatch: pytest.MonkeyPatch, client: fakeredis.FakeRedis
 ) -> None:
-    monkeypatch.setattr(notifier.runtime, "redis_client", lambda _settings: client)
+    monkeypatch.setattr(notifier.redis_clients, "redis_client", lambda _settings: client)
     monkeypatch.setattr(notifier.settings, "get_settings", make_settings)
     client.rpush(keys.EMAIL_QUEUE, "m1", "m2")
     recent = RecentOutcomes()
