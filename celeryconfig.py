@@ -2,7 +2,7 @@
 
 ``notifier.app.create_app`` applies ``build(settings)``; nothing else
 configures Celery. Each setting says why it has the value it has; together
-they are DESIGN.md §6, and ``tests/reliability/`` proves what they promise
+they are docs/DESIGN.md §6, and ``tests/reliability/`` proves what they promise
 with real workers, real Redis servers and real kills.
 
 Shutdown, which no setting here changes: SIGTERM is Celery's warm shutdown.

@@ -1,4 +1,4 @@
 """notifier's benchmark: Celery's no-op baseline against notifier end to end.
 
-Run it with ``python -m bench`` (``bench/run.py``; README, "Performance").
+Run it with ``python -m bench`` (``bench/run.py``; bench/README.md).
 """

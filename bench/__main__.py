@@ -1,4 +1,4 @@
-"""``python -m bench``: see ``bench/run.py`` and the README's "Performance" section."""
+"""``python -m bench``: see ``bench/run.py`` and the bench/README.md."""
 
 from bench.run import main
 

@@ -3,7 +3,7 @@
     .venv/bin/python -m bench            # full run, about 2 minutes on 2 cores
     .venv/bin/python -m bench --smoke    # tiny numbers: checks it works (CI), measures nothing
 
-Phases, in order (README, "Performance"):
+Phases, in order (bench/README.md):
 
 1. ``render_us``/``mime_us``: each email template rendered (cached
    environment) and composed in this process, microseconds per email.
@@ -93,7 +93,7 @@ class Config:
     noop_tasks: int = 15_000
     booking_share: float = 0.2
     concurrency: int = 4
-    """Pool processes of both workers: docker-compose's ``worker-events`` setting (README)."""
+    """Pool processes of both workers: docker-compose's ``worker-events`` setting (bench/README.md)."""
     latency_seconds: float = 8.0
     render_iterations: int = 1_000
     sink: str = "auto"
@@ -632,7 +632,7 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point (``python -m bench``)."""
     parser = argparse.ArgumentParser(
-        prog="python -m bench", description="notifier's benchmark (README, Performance)."
+        prog="python -m bench", description="notifier's benchmark (bench/README.md)."
     )
     defaults = Config()
     parser.add_argument("--redis-url", default=defaults.redis_url, help="a database it may flush")

@@ -3,7 +3,7 @@
 Two kinds, one interface (:class:`Sink`):
 
 * :class:`PostfixSink` runs Postfix's ``smtp-sink`` (Debian package
-  ``postfix``), a C server that barely uses CPU (DESIGN.md §8). It reports
+  ``postfix``), a C server that barely uses CPU (docs/DESIGN.md §8). It reports
   only counters, so it serves the throughput phases.
 * :class:`PythonSink` runs :func:`serve` below in a child Python process: a
   minimal asyncio SMTP server that logs the arrival time and ``Message-ID``

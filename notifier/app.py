@@ -297,7 +297,7 @@ def _close_runtimes(**_: Any) -> None:
         app.close_runtime()
 
 
-# -- operations (DESIGN.md §7): Celery's logging, the metrics endpoint, recent tallies.
+# -- operations (docs/DESIGN.md §7): Celery's logging, the metrics endpoint, recent tallies.
 # Only a `celery worker` sends celeryd_init; an embedded worker (tests'
 # start_worker) leaves its host process's logging and ports alone.
 

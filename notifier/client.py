@@ -2,9 +2,9 @@
 
 Other languages publish the same message with any Celery client:
 task ``notifier.handle_event``, queue ``notifier.events``, one positional
-argument, the event as a JSON object (README, "Publishing events").
+argument, the event as a JSON object (README.md, "Publishing events").
 
-``publish_many`` is the bulk path (DESIGN.md §8: plain ``send_task`` manages
+``publish_many`` is the bulk path (docs/DESIGN.md §8: plain ``send_task`` manages
 about 2,300 messages/s, one Redis round trip each). It builds every message
 with Celery's own ``create_task_message``/``send_task_message`` (protocol 2,
 byte for byte what ``send_task`` would send, apart from the ids and a

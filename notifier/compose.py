@@ -4,7 +4,7 @@ An email is written straight to the bytes SMTP carries (RFC 5322 headers,
 MIME multipart/alternative, quoted-printable parts), not built as an
 ``email.message.EmailMessage``: building and flattening one cost about
 750 us per email, ten times the rest of composing, and most of a worker's
-CPU (README, "Performance"). The format written here is small and fixed, so
+CPU (bench/README.md). The format written here is small and fixed, so
 it is written directly, and the tests parse every message back with the
 ``email`` package (``policy.default``) to check it.
 

@@ -11,7 +11,7 @@ Per ``delivery_id`` one Redis key moves through two states:
   we write may grow forever.
 
 The only duplicate window left is a crash between the provider accepting a
-message and ``mark_sent`` (README, "Guarantees and limits").
+message and ``mark_sent`` (docs/guarantees.md).
 """
 
 from __future__ import annotations

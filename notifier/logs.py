@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 MAX_RECORD_BYTES = 8 * 1024
-"""The longest log line, newline included (DESIGN.md §10)."""
+"""The longest log line, newline included (docs/DESIGN.md §10)."""
 
 # Bytes each value may keep, tried in turn until the line fits. Most records have
 # a dozen short fields: the first cap already fits all but the field that was huge.

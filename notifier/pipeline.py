@@ -4,7 +4,7 @@ Celery is not imported here. The task bodies in ``notifier.app`` call
 ``handle_event`` and ``deliver`` with a ``Runtime`` (the process's long-lived
 clients), so every branch below is testable without a broker.
 
-Budget (DESIGN.md §1): on the happy path an email costs one Celery task.
+Budget (docs/DESIGN.md §1): on the happy path an email costs one Celery task.
 ``handle_event`` sends the event's emails itself on their first attempt and
 enqueues only SMS deliveries and retries.
 """

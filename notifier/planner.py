@@ -1,6 +1,6 @@
 """Who gets what: an event becomes deliveries, one per recipient × channel.
 
-This is the table of DESIGN.md §2 as code. Planning is pure: the same event
+This is the table of docs/DESIGN.md §2 as code. Planning is pure: the same event
 always yields the same deliveries with the same ``delivery_id``s, which is
 what makes republishing and replaying safe.
 """

@@ -81,7 +81,7 @@ def _smtp_reply(code: int, message: bytes | str) -> str:
 
 
 def classify(exc: BaseException) -> NotifierError:
-    """Map a provider's exception to our split; the table is DESIGN.md §1 / issue 4.
+    """Map a provider's exception to our split; the table is docs/DESIGN.md §1 / issue 4.
 
     SMTP: 5xx replies and authentication failures are permanent, 4xx replies,
     dropped connections, refusals and timeouts transient. Twilio: 429 and 5xx

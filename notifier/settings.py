@@ -1,6 +1,6 @@
 """The one settings object, read from the environment once per process.
 
-Names come from DESIGN.md §4 (the seed's ``MAIL_*``/``TWILIO_*`` plus ours); they
+Names come from docs/DESIGN.md §4 (the seed's ``MAIL_*``/``TWILIO_*`` plus ours); they
 are a public contract. Everything else in notifier asks this object, never
 ``os.environ``.
 

@@ -115,7 +115,7 @@ class Renderer:
 
     def _render(self, name: str, variables: dict[str, Any]) -> str:
         # Template.render copies its variables twice per call, a third of the
-        # cost of a short template (benchmark, README "Performance"); a shared
+        # cost of a short template (benchmark, bench/README.md); a shared
         # context uses ``variables`` as given, so email() merges once for its
         # three parts. Templates cannot write to it: a {% set %} lands in the
         # template's own context.

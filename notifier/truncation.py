@@ -1,7 +1,7 @@
 """Cutting text to a size in bytes, with a mark that says how much was cut.
 
 Log records and dead-letter entries hold text that producers chose, so both
-are capped (DESIGN.md §10: a cut string ends with ``…[truncated N bytes]``,
+are capped (docs/DESIGN.md §10: a cut string ends with ``…[truncated N bytes]``,
 N being the UTF-8 bytes left out).
 """
 

@@ -46,7 +46,7 @@ def health(as_json: JsonOpt = False) -> None:
 
 
 def collect_stats(client: redis.Redis) -> dict[str, Any]:
-    """The ``stats --json`` document (see README "Operations")."""
+    """The ``stats --json`` document (see docs/operations.md)."""
     from notifier.metrics.dead_letters import dead_letter_summary
     from notifier.metrics.queues import queue_lengths
     from notifier.metrics.tallies import recent_outcomes

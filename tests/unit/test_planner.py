@@ -1,4 +1,4 @@
-"""Who gets what (DESIGN.md §2 table): an event becomes deliveries, deterministically."""
+"""Who gets what (docs/DESIGN.md §2 table): an event becomes deliveries, deterministically."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ NO_PHONE = {"phone": None}
 
 Row = tuple[str, str, str, str]  # channel, template, role, address
 
-# DESIGN.md §2, with every person given a phone so every conditional row shows.
+# docs/DESIGN.md §2, with every person given a phone so every conditional row shows.
 TABLE: dict[str, list[Row]] = {
     "user.registered": [
         ("email", "registration_confirmation", "user", "ada@example.com"),

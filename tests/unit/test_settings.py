@@ -1,4 +1,4 @@
-"""Settings (DESIGN.md §4): names, defaults, cross-checks and secrecy."""
+"""Settings (docs/DESIGN.md §4): names, defaults, cross-checks and secrecy."""
 
 from __future__ import annotations
 
