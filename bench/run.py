@@ -93,7 +93,7 @@ class Config:
     noop_tasks: int = 15_000
     booking_share: float = 0.2
     concurrency: int = 4
-    """Pool processes of both workers: docker-compose's ``worker-events`` setting (bench/README.md)."""
+    """Pool processes of both workers: docker-compose's ``worker-events`` (bench/README.md)."""
     latency_seconds: float = 8.0
     render_iterations: int = 1_000
     sink: str = "auto"

@@ -1,4 +1,4 @@
-"""The reliability settings (docs/DESIGN.md §6) as the Celery app really gets them; no processes needed.
+"""The reliability settings (docs/DESIGN.md §6) as the Celery app gets them; no processes needed.
 
 The fault tests next to this file show what these settings achieve; these
 pin the settings themselves and the relations between them, so a change that

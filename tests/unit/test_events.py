@@ -1,4 +1,4 @@
-"""The event contract (docs/DESIGN.md §2): what ``parse_event`` accepts, rejects and how it says so."""
+"""The event contract (docs/DESIGN.md §2): what ``parse_event`` accepts, rejects, and why."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Retry policy (docs/DESIGN.md §1): full-jitter backoff bounds and the transient/permanent split."""
+"""Retry policy (docs/DESIGN.md §1): full-jitter backoff bounds, the transient/permanent split."""
 
 from __future__ import annotations
 
