@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from notifier.cli import output
-from notifier.errors import InvalidEventError, NotifierError, PublishError
+from notifier.errors import ConfigurationError, InvalidEventError, NotifierError, PublishError
 from notifier.events import event_json_schema, parse_event
 from notifier.keys import QUEUES
 
@@ -81,18 +81,20 @@ def publish(
     Exit 0: all published. 1: invalid input (nothing published). 2: broker unreachable.
     """
     from notifier.client import publish_many
+    from notifier.settings import get_settings
 
     try:
+        special = get_settings().notifier_allow_special_domains
         items = parse_input(_read_input(source))
         problems: list[str] = []
         for number, item in items:
             try:
-                parse_event(item)
+                parse_event(item, allow_special_domains=special)
             except InvalidEventError as exc:
                 problems.extend(f"line {number}: {message}" for message in exc.errors)
         if problems:
             raise InvalidEventError(problems)
-    except (InvalidEventError, OSError) as exc:
+    except (InvalidEventError, ConfigurationError, OSError) as exc:
         messages = exc.errors if isinstance(exc, InvalidEventError) else [str(exc)]
         for message in messages:
             output.line(f"error: {message}", err=True)

@@ -470,3 +470,20 @@ def test_publish_prints_what_is_wrong_with_an_event_inert(
     assert result.exit_code == 1
     assert ACTIVE.search(result.stdout + result.stderr) is None
     assert "\\u001b" in result.stderr
+
+
+def test_publish_accepts_an_address_under_test_when_special_domains_are_allowed(
+    runner: CliRunner,
+    tmp_path: Path,
+    published: list[list[Any]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    staging = make_settings(notifier_allow_special_domains=True)
+    monkeypatch.setattr(notifier.settings, "get_settings", lambda: staging)
+    event = samples.user_registered(user={**samples.FAN, "email": "ada@staging.test"})
+    path = write_lines(tmp_path, [json.dumps(event)])
+
+    result = runner.invoke(app, ["publish", str(path)])
+
+    assert result.exit_code == 0, result.stderr
+    assert published == [[event]]
