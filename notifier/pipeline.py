@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from notifier import keys, metrics
+from notifier import keys
 from notifier.channels import Receipt
 from notifier.channels.sms import segments
 from notifier.compose import compose_email, compose_sms
@@ -89,18 +89,18 @@ def handle_event(raw: object, rt: Runtime) -> list[Outcome]:
         reject(raw, exc.errors, rt)
         return []
     get_logger().debug("event.accepted", event_id=str(event.event_id), type=event.type)
-    metrics.record_event(event.type)
+    rt.metrics.record_event(event.type)
     outcomes = []
     for delivery in plan(event):
         job = Job(delivery=delivery)
         if delivery.channel == "sms":
             if not rt.settings.sms_enabled:
-                _log_outcome(job, "skipped", reason="Twilio is not configured")
+                _log_outcome(rt, job, "skipped", reason="Twilio is not configured")
                 outcomes.append(Outcome(delivery.delivery_id, "skipped"))
                 continue
             # SMS are throttled per sender by Twilio: they get a queue of their own.
             rt.scheduler.schedule(job, countdown=0)
-            _log_outcome(job, "queued")
+            _log_outcome(rt, job, "queued")
             outcomes.append(Outcome(delivery.delivery_id, "queued"))
             continue
         outcomes.append(run_job(job, rt))
@@ -110,7 +110,7 @@ def handle_event(raw: object, rt: Runtime) -> list[Outcome]:
 def reject(raw: object, errors: list[str], rt: Runtime) -> None:
     """Keep an input we cannot process in the dead-letter store (``rejected``) and log why."""
     entry = rt.dead_letters.reject(raw, errors)
-    metrics.record_delivery(None, entry.event_type, "rejected")
+    rt.metrics.record_delivery(None, entry.event_type, "rejected")
     get_logger().warning(
         "event.rejected",
         event_id=entry.event_id,
@@ -194,13 +194,13 @@ def run_job(job: Job, rt: Runtime) -> Outcome:
 
     claim = rt.ledger.claim(delivery.delivery_id)
     if claim.state is ClaimState.SENT:
-        _log_outcome(job, "duplicate")
+        _log_outcome(rt, job, "duplicate")
         return Outcome(delivery.delivery_id, "duplicate")
     if claim.state is ClaimState.BUSY:
         # Another worker is sending it right now. Look again once its lease
         # would have run out; this does not use up one of our attempts.
         rt.scheduler.schedule(job, countdown=claim.retry_after + 1.0)
-        _log_outcome(job, "deferred", retry_in=round(claim.retry_after + 1.0, 1))
+        _log_outcome(rt, job, "deferred", retry_in=round(claim.retry_after + 1.0, 1))
         return Outcome(delivery.delivery_id, "deferred")
 
     exempt = job.replay_grant is not None and rt.recipient_limits.redeem(
@@ -233,7 +233,7 @@ def run_job(job: Job, rt: Runtime) -> Outcome:
         # Over the provider's send rate: later, not never, and not an attempt.
         rt.ledger.release(delivery.delivery_id, claim)
         rt.scheduler.schedule(_with_leave(job, exempt, rt), countdown=wait)
-        _log_outcome(job, "deferred", retry_in=round(wait, 3), reason="provider rate")
+        _log_outcome(rt, job, "deferred", retry_in=round(wait, 3), reason="provider rate")
         return Outcome(delivery.delivery_id, "deferred")
 
     try:
@@ -242,7 +242,7 @@ def run_job(job: Job, rt: Runtime) -> Outcome:
         rt.ledger.release(delivery.delivery_id, claim)
         return _failed(job, rt, exc, exempt=exempt)
     rt.ledger.mark_sent(delivery.delivery_id, receipt)
-    _log_outcome(job, "sent", provider=receipt.provider, provider_id=receipt.provider_id)
+    _log_outcome(rt, job, "sent", provider=receipt.provider, provider_id=receipt.provider_id)
     return Outcome(delivery.delivery_id, "sent", receipt=receipt)
 
 
@@ -267,7 +267,7 @@ def _send(delivery: Delivery, rt: Runtime, now: datetime) -> Receipt:
             now,
             allow_special_domains=rt.settings.notifier_allow_special_domains,
         )
-        return metrics.timed_send(
+        return rt.metrics.timed_send(
             lambda: rt.smtp.send(message, sender=sender.addr_spec, recipient=delivery.address)
         )
     body = rt.renderer.sms(delivery.template, context)
@@ -276,7 +276,7 @@ def _send(delivery: Delivery, rt: Runtime, now: datetime) -> Receipt:
         "sms.segments", delivery_id=delivery.delivery_id, segments=count, encoding=encoding
     )
     sms = rt.sms()
-    return metrics.timed_send(lambda: sms.send(compose_sms(delivery, body)))
+    return rt.metrics.timed_send(lambda: sms.send(compose_sms(delivery, body)))
 
 
 def _failed(job: Job, rt: Runtime, exc: NotifierError, *, exempt: bool = False) -> Outcome:
@@ -290,7 +290,7 @@ def _failed(job: Job, rt: Runtime, exc: NotifierError, *, exempt: bool = False) 
                 Job(delivery=job.delivery, attempt=job.attempt + 1, history=history), exempt, rt
             )
             rt.scheduler.schedule(retry, countdown=delay)
-            _log_outcome(job, "retried", error=error, retry_in=round(delay, 3))
+            _log_outcome(rt, job, "retried", error=error, retry_in=round(delay, 3))
             return Outcome(job.delivery.delivery_id, "retried", error=error)
         error = f"{error} (gave up after {job.attempt} attempts)"
     return _dead(job.model_copy(update={"history": history}), rt, error, status="failed")
@@ -311,11 +311,11 @@ def _dead(job: Job, rt: Runtime, error: str, *, status: Status, record: bool = T
         fallback=fallback.delivery_id if fallback else None,
     )
     outcome: OutcomeName = "rate_limited" if status == "rate_limited" else "dead"
-    _log_outcome(job, outcome, error=error, status=status, dead_letter_id=entry.id)
+    _log_outcome(rt, job, outcome, error=error, status=status, dead_letter_id=entry.id)
     _alert_if_crowded(rt)
     if fallback is not None:
         rt.scheduler.schedule(Job(delivery=fallback), countdown=0)
-        _log_outcome(job, "fallback", fallback_delivery_id=fallback.delivery_id)
+        _log_outcome(rt, job, "fallback", fallback_delivery_id=fallback.delivery_id)
     return Outcome(job.delivery.delivery_id, outcome, error=error)
 
 
@@ -349,7 +349,7 @@ def task_failed(
             return
     raw: object = args[0] if len(args) == 1 and not kwargs else {"args": list(args), **kwargs}
     entry = rt.dead_letters.reject(raw, [f"{task_name} failed: {error}"], status="failed")
-    metrics.record_delivery(None, entry.event_type, "dead")
+    rt.metrics.record_delivery(None, entry.event_type, "dead")
     get_logger().error("task.failed", task=task_name, error=error, dead_letter_id=entry.id)
     _alert_if_crowded(rt)
 
@@ -415,9 +415,9 @@ def replay(entry: DeadLetter, rt: Runtime) -> str:
     return "re-published to notifier.handle_event"
 
 
-def _log_outcome(job: Job, outcome: OutcomeName, **fields: object) -> None:
+def _log_outcome(rt: Runtime, job: Job, outcome: OutcomeName, **fields: object) -> None:
     delivery = job.delivery
-    metrics.record_delivery(delivery.channel, delivery.event_type, outcome)
+    rt.metrics.record_delivery(delivery.channel, delivery.event_type, outcome)
     level = "warning" if outcome in ("retried", "dead", "rate_limited") else "info"
     getattr(get_logger(), level)(
         f"delivery.{outcome}",

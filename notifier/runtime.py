@@ -23,7 +23,7 @@ from typing import Protocol
 
 from redis import Redis
 
-from notifier import metrics
+from notifier import metrics as metrics_package
 from notifier.channels import Receipt
 from notifier.channels.sms import SmsChannel
 from notifier.channels.smtp.connection import SmtpChannel, SmtpProvider
@@ -39,7 +39,7 @@ from notifier.retry import RetryPolicy
 from notifier.settings import Settings
 from notifier.templates import Renderer
 
-__all__ = ["Mailer", "Runtime", "SmsSender"]
+__all__ = ["Mailer", "MetricsRecorder", "Runtime", "SmsSender"]
 
 
 class Mailer(Protocol):
@@ -50,6 +50,19 @@ class Mailer(Protocol):
 
     def close(self) -> None:
         """Close pooled connections."""
+
+
+class MetricsRecorder(Protocol):
+    """Counts what the pipeline does (``metrics.ProcessRecorder`` in production)."""
+
+    def record_delivery(self, channel: str | None, event_type: str | None, outcome: str) -> None:
+        """Count one delivery outcome."""
+
+    def record_event(self, event_type: str) -> None:
+        """Count one accepted event."""
+
+    def timed_send(self, send: Callable[[], Receipt]) -> Receipt:
+        """Call ``send`` (a provider send) and observe how long it took."""
 
 
 class SmsSender(Protocol):
@@ -93,6 +106,7 @@ class Runtime:
     throttles: Mapping[str, Throttle]
     """Provider send rates, by channel."""
     clock: Callable[[], datetime] = _now
+    metrics: MetricsRecorder = field(default_factory=metrics_package.ProcessRecorder)
     _sender: Address | None = field(default=None, init=False, repr=False)
 
     @classmethod
@@ -150,5 +164,5 @@ class Runtime:
         self.smtp.close()
         if self.sms_sender is not None:
             self.sms_sender.close()
-        metrics.recent.detach(self.redis)
+        metrics_package.recent.detach(self.redis)
         self.redis.close()

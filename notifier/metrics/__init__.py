@@ -47,7 +47,7 @@ from notifier.logs import get_logger
 from notifier.metrics.instruments import Metrics
 from notifier.metrics.tallies import RecentOutcomes
 
-__all__ = ["metrics", "recent", "record_delivery", "record_event", "timed_send"]
+__all__ = ["ProcessRecorder", "metrics", "recent", "record_delivery", "record_event", "timed_send"]
 
 _metrics: Metrics | None = None
 _metrics_lock = threading.Lock()
@@ -95,3 +95,19 @@ def timed_send(send: Callable[[], Receipt]) -> Receipt:
     elapsed = time.perf_counter() - started
     _guarded(lambda: metrics().send(receipt, elapsed))
     return receipt
+
+
+class ProcessRecorder:
+    """This process's metrics as a Runtime part (``Runtime.metrics``): the calls above."""
+
+    def record_delivery(self, channel: str | None, event_type: str | None, outcome: str) -> None:
+        """Count one delivery outcome."""
+        record_delivery(channel, event_type, outcome)
+
+    def record_event(self, event_type: str) -> None:
+        """Count one accepted event."""
+        record_event(event_type)
+
+    def timed_send(self, send: Callable[[], Receipt]) -> Receipt:
+        """Call ``send`` and observe its duration when it succeeds."""
+        return timed_send(send)

@@ -185,6 +185,40 @@ def outcomes(results: list[Any]) -> list[str]:
 # --- the happy path ---------------------------------------------------------------
 
 
+class CountingMetrics:
+    """A metrics recorder given to the Runtime's constructor: what the pipeline counted."""
+
+    def __init__(self) -> None:
+        self.outcomes: list[tuple[str | None, str | None, str]] = []
+        self.events: list[str] = []
+        self.sends = 0
+
+    def record_delivery(self, channel: str | None, event_type: str | None, outcome: str) -> None:
+        self.outcomes.append((channel, event_type, outcome))
+
+    def record_event(self, event_type: str) -> None:
+        self.events.append(event_type)
+
+    def timed_send(self, send: Callable[[], Receipt]) -> Receipt:
+        self.sends += 1
+        return send()
+
+
+def test_the_pipeline_counts_through_the_runtimes_metrics_recorder(world: World) -> None:
+    counting = CountingMetrics()
+    rt = dataclasses.replace(world.rt, metrics=counting)
+
+    handle_event(samples.booking_created(), rt)
+
+    assert counting.events == ["booking.created"]
+    assert counting.outcomes == [
+        ("email", "booking.created", "sent"),
+        ("email", "booking.created", "sent"),
+        ("sms", "booking.created", "skipped"),
+    ]
+    assert counting.sends == 2
+
+
 def test_booking_created_sends_both_emails_inline_and_queues_the_fan_sms(
     sms_world: World,
 ) -> None:
