@@ -30,6 +30,7 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict notifier worker.py celeryconfig.py bench
+	$(BIN)/mypy --check-untyped-defs tests
 
 check: lint typecheck test
 

@@ -219,6 +219,7 @@ def display_name_as_sent(mail: ReceivedEmail) -> str:
 def the_rejected_entry(dead_letters: DeadLetterStore) -> DeadLetter:
     entries = eventually(lambda: list(dead_letters), timeout=2, what="a dead-letter entry")
     [entry] = entries
+    assert isinstance(entry, DeadLetter)
     return entry
 
 

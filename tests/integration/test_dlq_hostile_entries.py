@@ -93,7 +93,7 @@ def test_replay_all_replays_the_good_and_reports_the_corrupt(
     lines = result.stdout.splitlines()
     assert f"failed {corrupt}: corrupt entry" in lines
     assert f"replayed {good}: re-published to notifier.handle_event" in lines
-    assert [member.decode() for member in client.zrange(keys.DLQ_INDEX, 0, -1)] == [corrupt]
+    assert client.zrange(keys.DLQ_INDEX, 0, -1) == [corrupt.encode()]
 
 
 def test_purge_deletes_a_corrupt_entry(

@@ -13,7 +13,7 @@ import pytest
 
 from notifier.app import NotifierCelery
 from notifier.client import publish, publish_many
-from notifier.deadletter import DeadLetterStore
+from notifier.deadletter import DeadLetter, DeadLetterStore
 from notifier.events import parse_event
 from notifier.ledger import Ledger
 from notifier.planner import plan
@@ -67,8 +67,8 @@ def test_every_event_type_reaches_every_planned_recipient(
         assert delivery.recipient["name"] in _body(message, "html")
     sms = twilio.wait_for(len(texts), timeout=15)
     assert sorted((s.to, s.from_) for s in sms) == sorted((d.address, TWILIO_NUMBER) for d in texts)
-    for message in sms:
-        assert "Jazz Night" in message.body
+    for text in sms:
+        assert "Jazz Night" in text.body
 
 
 def test_booking_created_sms_carries_the_seed_wording(
@@ -215,6 +215,7 @@ def test_a_server_that_keeps_deferring_ends_in_the_dead_letter_store(
     publish(samples.user_registered(), app=app)
 
     [entry] = eventually(lambda: list(dead_letters), timeout=15, what="a dead letter")
+    assert isinstance(entry, DeadLetter)
     assert entry.attempts == 3  # NOTIFIER_RETRY_MAX_ATTEMPTS in these tests
     assert [record.attempt for record in entry.history] == [1, 2, 3]
     assert "gave up after 3 attempts" in entry.error

@@ -16,7 +16,7 @@ import redis
 from notifier import keys
 from notifier.app import NotifierCelery
 from notifier.client import publish
-from notifier.deadletter import DeadLetterStore
+from notifier.deadletter import DeadLetter, DeadLetterStore
 from notifier.settings import Settings
 from notifier.testing import SmtpSink, TwilioStandIn
 from tests import samples
@@ -61,9 +61,12 @@ def test_an_smtp_outage_ends_in_dead_letters_that_replay_delivers_exactly_once(
         publish(event, app=app)
 
     entries = eventually(
-        lambda: len(list(dead_letters)) == 3 and list(dead_letters), timeout=20, what="3 dead"
+        lambda: list(dead_letters) if len(list(dead_letters)) == 3 else None,
+        timeout=20,
+        what="3 dead",
     )
     for entry in entries:
+        assert isinstance(entry, DeadLetter)
         assert entry.attempts == 4
         assert [record.attempt for record in entry.history] == [1, 2, 3, 4]
         for retry, gap in enumerate(_gaps([r.at for r in entry.history]), start=1):
@@ -138,12 +141,18 @@ def test_a_replayed_delivery_that_fails_again_comes_back_with_its_history(
     smtp_sink.reject_recipient("ada@example.com")
     publish(samples.user_registered(), app=app)
     [first] = eventually(lambda: list(dead_letters), what="a dead letter")
+    assert isinstance(first, DeadLetter)
 
     notifier_cli(settings, "dlq", "replay", first.id)
-    again = eventually(
-        lambda: (entry := dead_letters.get(first.id)) and entry.attempts == 2 and entry,
-        what="the entry back with two attempts",
-    )
+
+    def back_with_two_attempts() -> DeadLetter | None:
+        entry = dead_letters.get(first.id)
+        if entry is None:
+            return None
+        assert isinstance(entry, DeadLetter)
+        return entry if entry.attempts == 2 else None
+
+    again = eventually(back_with_two_attempts, what="the entry back with two attempts")
 
     assert again.first_failed_at == first.first_failed_at
     assert len(again.history) == 2

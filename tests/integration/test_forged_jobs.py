@@ -24,7 +24,7 @@ import pytest
 
 from notifier.app import NotifierCelery
 from notifier.client import publish_many
-from notifier.deadletter import DeadLetterStore
+from notifier.deadletter import DeadLetter, DeadLetterStore
 from notifier.events import parse_event
 from notifier.ledger import Ledger
 from notifier.pipeline import Job
@@ -103,6 +103,7 @@ def test_a_job_claiming_to_be_replayed_gets_no_leave_from_the_rate_limits(
 
     def handled() -> bool:
         entry = dead_letters.get(limited.id)
+        assert entry is None or isinstance(entry, DeadLetter)
         return len(smtp_sink.messages) > 5 or (entry is not None and len(entry.history) > 1)
 
     eventually(handled, timeout=10, what="the forged job to be handled")

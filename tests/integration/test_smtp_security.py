@@ -11,7 +11,7 @@ import trustme
 
 from notifier.app import NotifierCelery
 from notifier.client import publish
-from notifier.deadletter import DeadLetterStore
+from notifier.deadletter import DeadLetter, DeadLetterStore
 from notifier.settings import Settings
 from notifier.testing import SmtpSink
 from tests import samples
@@ -121,6 +121,7 @@ def test_a_wrong_password_is_dead_lettered_at_once_without_leaking_it(
     publish(samples.user_registered(), app=app)
 
     [entry] = eventually(lambda: list(dead_letters), timeout=15, what="a dead letter")
+    assert isinstance(entry, DeadLetter)
     assert entry.attempts == 1
     assert "authentication failed" in entry.error
     assert "wrong-password-123" not in entry.model_dump_json()

@@ -287,11 +287,16 @@ class System:
 
     def dead_letter(self, entry_id: str) -> DeadLetter | None:
         with self.redis() as client:
-            return DeadLetterStore(client).get(entry_id)
+            entry = DeadLetterStore(client).get(entry_id)
+        assert entry is None or isinstance(entry, DeadLetter), entry
+        return entry
 
     def dead_letters(self) -> list[DeadLetter]:
         with self.redis() as client:
-            return list(DeadLetterStore(client))
+            entries = list(DeadLetterStore(client))
+        letters = [entry for entry in entries if isinstance(entry, DeadLetter)]
+        assert letters == entries, "the dead-letter store holds a corrupt entry"
+        return letters
 
     def dead_letter_errors(self) -> dict[str, int]:
         """How many dead letters there are of each error class (for the figures)."""

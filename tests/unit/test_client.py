@@ -212,7 +212,7 @@ def test_a_chunk_the_broker_refused_is_sent_again(
     flaky = _FlakyPipeline(failures=2)
     sleeps: list[float] = []
     monkeypatch.setattr(client, "_pipeline", flaky)
-    monkeypatch.setattr(client.time, "sleep", sleeps.append)
+    monkeypatch.setattr("notifier.client.time.sleep", sleeps.append)
     event = samples.user_registered()
 
     assert publish_many([event], app=app) == [event["event_id"]]
@@ -231,7 +231,7 @@ def test_publish_error_once_the_retry_policy_is_used_up(
 ) -> None:
     flaky = _FlakyPipeline(failures=100)
     monkeypatch.setattr(client, "_pipeline", flaky)
-    monkeypatch.setattr(client.time, "sleep", lambda _: None)
+    monkeypatch.setattr("notifier.client.time.sleep", lambda _: None)
 
     with pytest.raises(PublishError, match="publishing them again is safe"):
         publish_many([samples.user_registered()], app=app)

@@ -356,7 +356,7 @@ header_text = st.text(
     min_size=1,
     max_size=120,
 ).filter(lambda text: text == text.strip())
-body_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=400)
+body_text = st.text(st.characters(blacklist_categories=["Cs"]), max_size=400)
 
 
 @settings(max_examples=300, deadline=None)
@@ -401,7 +401,8 @@ def display_name_as_sent(data: bytes, message: EmailMessage) -> str:
     value = raw.removeprefix("To: ")
     if not value.startswith("=?"):
         [address] = message["To"].addresses
-        return address.display_name
+        display_name: str = address.display_name
+        return display_name
     phrase = value.rsplit(" <", 1)[0]
     return str(make_header(decode_header(phrase)))
 

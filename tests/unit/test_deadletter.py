@@ -591,8 +591,8 @@ def test_a_corrupt_entry_keeps_its_raw_document_to_show(
 
     assert entry is not None
     assert entry.status == "corrupt"
-    assert entry.raw == "{not json \ufffd"  # type: ignore[union-attr]
-    assert entry.problem  # type: ignore[union-attr]
+    assert entry.raw == "{not json \ufffd"
+    assert entry.problem
 
 
 def test_stats_count_corrupt_entries(
@@ -714,7 +714,7 @@ def test_over_threshold_is_logged_at_most_once_a_minute_per_process() -> None:
     now = [datetime(2026, 11, 26, 10, 0, tzinfo=UTC)]
     rt = Runtime.from_settings(
         make_settings(notifier_dlq_alert_threshold=2),
-        NoQueue(),  # type: ignore[arg-type]
+        NoQueue(),
         clock=lambda: now[0],
         client=fakeredis.FakeRedis(),
     )

@@ -53,9 +53,13 @@ class RecordingScheduler:
     """Stands in for the Celery queues: remembers what would be enqueued."""
 
     scheduled: list[tuple[Job, float]] = field(default_factory=list)
+    published: list[dict[str, Any]] = field(default_factory=list)
 
     def schedule(self, job: Job, countdown: float) -> None:
         self.scheduled.append((job, countdown))
+
+    def publish_event(self, event: dict[str, Any]) -> None:
+        self.published.append(event)
 
 
 @dataclass
@@ -115,7 +119,10 @@ class World:
 
     @property
     def dead_letters(self) -> list[DeadLetter]:
-        return list(self.rt.dead_letters)
+        entries = list(self.rt.dead_letters)
+        letters = [entry for entry in entries if isinstance(entry, DeadLetter)]
+        assert letters == entries, "the dead-letter store holds a corrupt entry"
+        return letters
 
 
 MakeWorld = Callable[..., World]
@@ -554,7 +561,9 @@ def test_a_replayed_delivery_put_off_by_the_provider_rate_keeps_its_leave(
     world = make_world(clock=lambda: now)
     entry = limited_reset(world)
     replayed = operator_replays(world, entry)
-    throttle = world.rt.throttles["email"] = Throttle(world.rt.redis, "smtp", per_second=1)
+    throttles = world.rt.throttles
+    assert isinstance(throttles, dict)  # the Runtime's own, changed in place
+    throttle = throttles["email"] = Throttle(world.rt.redis, "smtp", per_second=1)
     throttle.delay(now.timestamp())  # another send took this second's one slot
 
     deferred = deliver(replayed, world.rt)

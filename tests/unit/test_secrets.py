@@ -145,6 +145,7 @@ class World:
 
     def only_dead_letter(self) -> DeadLetter:
         [entry] = list(self.rt.dead_letters)
+        assert isinstance(entry, DeadLetter)
         return entry
 
 
