@@ -19,6 +19,7 @@ from typing import Any
 
 import fakeredis
 import pytest
+import structlog
 
 from notifier.deadletter import DeadLetter
 from notifier.events import parse_event
@@ -181,6 +182,8 @@ def make_world(
     yield build
     for rt in made:
         rt.close()
+    # configure_logging bound structlog to this test's captured stderr, now closed.
+    structlog.reset_defaults()
 
 
 def email_delivery(event: dict[str, Any] | None = None) -> Delivery:
