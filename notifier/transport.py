@@ -173,6 +173,9 @@ def drain_rejected(client: Any, handler: RejectedHandler, limit: int = 100) -> i
     it to the next drain: it may be recorded twice, never lost. Returns how
     many entries were handled.
     """
+    # Nearly always empty: one read, and no write a full Redis would refuse.
+    if not client.llen(keys.TRANSPORT_REJECTED):
+        return 0
     if not client.set(keys.TRANSPORT_REJECTED_LOCK, b"1", nx=True, ex=30):
         return 0
     handled = 0
@@ -197,7 +200,12 @@ class ReliableQoS(kombu_redis.QoS):
         """kombu's sweep of timed-out messages, plus a drain of rejected entries."""
         super().restore_visible(start=start, num=num, interval=interval)
         if isinstance(self.channel, ReliableFetch):
-            self.channel.drain_rejected()
+            try:
+                self.channel.drain_rejected()
+            except redis.ResponseError as exc:
+                # A full or read-only Redis: the entries wait for the next tick.
+                # kombu's sweep loop lets only connection errors through.
+                logger.warning("rejected entries not drained (%s); trying again later", exc)
 
 
 class ReliableFetch:
