@@ -15,10 +15,12 @@ import weakref
 from collections.abc import Iterator
 from typing import Any
 
+import celery
 import redis
 from celery import Celery, Task
 from celery.exceptions import Reject
 from celery.signals import (
+    celeryd_after_setup,
     celeryd_init,
     setup_logging,
     task_internal_error,
@@ -35,7 +37,7 @@ import celeryconfig
 from notifier import keys, metrics, pipeline
 from notifier.errors import NotifierError, PublishError
 from notifier.jobs import Job
-from notifier.logs import configure_logging, route_stdlib_logging
+from notifier.logs import configure_logging, get_logger, route_stdlib_logging
 from notifier.metrics import endpoint
 from notifier.runtime import Runtime
 from notifier.settings import Settings
@@ -319,9 +321,27 @@ def _prepare_worker(instance: Any = None, options: Any = None, **_: Any) -> None
     logging.captureWarnings(True)
     # With a receiver connected Celery adds no handlers of its own.
     setup_logging.connect(_keep_our_logging, dispatch_uid="notifier.logging")
+    if app.settings.notifier_log_format == "json":
+        # Celery's banner is 20 lines of plain text on stdout: in a JSON log
+        # stream each is a line a shipper cannot parse. Its facts go out as
+        # one record instead (``worker.starting``, docs/operations.md).
+        instance.quiet = True
+        celeryd_after_setup.connect(_log_start, dispatch_uid="notifier.start")
     if app.settings.notifier_metrics_port:
         # Here, before the pool forks, so every child writes where the endpoint reads.
         endpoint.prepare_multiprocess()
+
+
+def _log_start(sender: Any = None, instance: Any = None, **_: Any) -> None:
+    """The banner's facts as one record: who started, how many processes, which queues."""
+    queues = instance.app.amqp.queues
+    get_logger().info(
+        "worker.starting",
+        hostname=str(sender),
+        celery=celery.__version__,
+        concurrency=instance.concurrency,
+        queues=sorted(queues.consume_from or queues),
+    )
 
 
 def _keep_our_logging(loglevel: Any = None, **_: Any) -> None:
