@@ -24,8 +24,9 @@ class FaultySmtpServer:
     ``greet_after``: seconds before the 220 greeting. ``drop_after_body``:
     transactions whose message is read whole (the final dot, or the BDAT
     chunk), then the connection is closed without a reply: the message
-    counts as received. ``drop_at_mail``: transactions whose MAIL FROM closes
-    the connection unanswered (nothing received). ``close_after``:
+    counts as received. ``drop_at_mail``, ``drop_at_rcpt``: transactions
+    whose MAIL FROM, or RCPT TO (MAIL was accepted), closes the connection
+    unanswered (nothing received). ``close_after``:
     transactions after whose 250 the server closes the connection, as an
     idle timeout does. ``on_command`` is called with each verb before the
     server answers it (a test moves its clock there).
@@ -39,6 +40,7 @@ class FaultySmtpServer:
         greet_after: float = 0.0,
         drop_after_body: Iterable[int] = (),
         drop_at_mail: Iterable[int] = (),
+        drop_at_rcpt: Iterable[int] = (),
         close_after: Iterable[int] = (),
         on_command: Callable[[bytes], None] = lambda verb: None,
     ) -> None:
@@ -53,6 +55,7 @@ class FaultySmtpServer:
         self._greet_after = greet_after
         self._drop_after_body = set(drop_after_body)
         self._drop_at_mail = set(drop_at_mail)
+        self._drop_at_rcpt = set(drop_at_rcpt)
         self._close_after = set(close_after)
         self._on_command = on_command
         self._stopping = threading.Event()
@@ -121,6 +124,8 @@ class FaultySmtpServer:
                     return
                 conn.sendall(b"250 sender ok\r\n")
             elif verb == b"RCPT":
+                if number in self._drop_at_rcpt:
+                    return
                 conn.sendall(b"250 recipient ok\r\n")
             elif verb in (b"DATA", b"BDAT"):
                 if verb == b"DATA":

@@ -433,6 +433,28 @@ def test_a_reused_connection_dropped_at_mail_is_replaced_within_the_same_send(
     assert server.connections == 2
 
 
+@pytest.mark.parametrize(
+    "mode",
+    [MODES["one-command-at-a-time"], MODES["pipelining-data"]],
+    ids=["one-command-at-a-time", "pipelining-data"],
+)
+def test_a_reused_connection_lost_after_mail_was_accepted_is_left_to_the_retry_schedule(
+    mode: Mode,
+) -> None:
+    with FaultySmtpServer(
+        pipelining=mode.pipelining, chunking=mode.chunking, drop_at_rcpt=[2]
+    ) as server:
+        smtp = SmtpChannel(provider(server.host, server.port))
+        send(smtp)
+
+        with pytest.raises(ProviderUnavailableError, match="disconnected"):
+            send(smtp)
+        smtp.close()
+
+    assert len(server.messages) == 1, "the lost message was not handed over at all"
+    assert server.connections == 1, "no reconnect once the server had accepted MAIL"
+
+
 def test_a_reused_connection_the_server_closed_when_idle_is_replaced_within_the_same_send(
     mode: Mode,
 ) -> None:
