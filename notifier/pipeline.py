@@ -307,7 +307,7 @@ def _failed(job: Job, rt: Runtime, exc: NotifierError, *, exempt: bool = False) 
     if isinstance(exc, DeadlineExpiredError) and deadline is not None and deadline.expired():
         # Its deadline passed during the send, before the message was handed
         # over: as when it had passed before (run_job), never sent late.
-        error = f"DeadlineExpired: not sent: its deadline {job.delivery.not_after} passed: {exc}"
+        error = f"DeadlineExpired: not sent: {exc}"
         record = AttemptRecord(attempt=job.attempt, at=iso_utc(rt.clock()), error=error)
         return _dead(
             job.model_copy(update={"history": [*job.history, record]}),

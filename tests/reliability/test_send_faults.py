@@ -53,7 +53,8 @@ def test_a_reset_link_that_expires_while_the_server_is_slow_is_dead_lettered_uns
     report("reset expiring during a slow greeting", seconds_to_dead_letter=round(settled, 2))
     assert entry.status == "expired"
     assert entry.error.startswith("DeadlineExpired: not sent")
-    assert settled < 4.5, f"{settled:.1f}s: the send outlived its 2 s deadline"
+    # Well under the 5 s greeting and the 10 s MAIL_TIMEOUT, with room for a loaded machine.
+    assert settled < 4.9, f"{settled:.1f}s: the send outlived its 2 s deadline"
     eventually(lambda: slow_greeter.closed >= 1, timeout=15, what="the worker to hang up")
     assert slow_greeter.commands == []
     assert slow_greeter.messages == []
