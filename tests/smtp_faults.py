@@ -24,12 +24,14 @@ class FaultySmtpServer:
     ``greet_after``: seconds before the 220 greeting. ``drop_after_body``:
     transactions whose message is read whole (the final dot, or the BDAT
     chunk), then the connection is closed without a reply: the message
-    counts as received. ``drop_at_mail``, ``drop_at_rcpt``: transactions
-    whose MAIL FROM, or RCPT TO (MAIL was accepted), closes the connection
-    unanswered (nothing received). ``close_after``:
-    transactions after whose 250 the server closes the connection, as an
-    idle timeout does. ``on_command`` is called with each verb before the
-    server answers it (a test moves its clock there).
+    counts as received. ``silent_after_body``: the same, but the connection
+    stays open and the reply never comes (a server stuck after the message).
+    ``drop_at_mail``, ``drop_at_rcpt``: transactions whose MAIL FROM, or
+    RCPT TO (MAIL was accepted), closes the connection unanswered (nothing
+    received). ``close_after``: transactions after whose 250 the server
+    closes the connection, as an idle timeout does. ``on_command`` is called
+    with each verb before the server answers it (a test moves its clock
+    there).
     """
 
     def __init__(
@@ -42,6 +44,7 @@ class FaultySmtpServer:
         drop_at_mail: Iterable[int] = (),
         drop_at_rcpt: Iterable[int] = (),
         close_after: Iterable[int] = (),
+        silent_after_body: Iterable[int] = (),
         on_command: Callable[[bytes], None] = lambda verb: None,
     ) -> None:
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -57,6 +60,7 @@ class FaultySmtpServer:
         self._drop_at_mail = set(drop_at_mail)
         self._drop_at_rcpt = set(drop_at_rcpt)
         self._close_after = set(close_after)
+        self._silent_after_body = set(silent_after_body)
         self._on_command = on_command
         self._stopping = threading.Event()
         self._lock = threading.Lock()
@@ -142,6 +146,9 @@ class FaultySmtpServer:
                     self.messages.append(message)
                 if number in self._drop_after_body:
                     return  # received whole; the reply never leaves
+                if number in self._silent_after_body:
+                    self._stopping.wait()  # received whole; the reply never comes
+                    return
                 conn.sendall(b"250 queued\r\n")
                 if number in self._close_after:
                     return

@@ -7,6 +7,7 @@ command at a time, and the caller must not be able to tell the difference.
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import threading
 import time
@@ -410,6 +411,34 @@ def test_a_connection_lost_after_the_message_does_not_fail_over_to_the_fallback(
     assert len(server.messages) == 1
     assert fallback.messages == [], "the fallback sent a second copy"
     assert not breaker.is_open()
+
+
+def test_no_reply_after_the_message_is_waited_for_in_full_then_ambiguous(mode: Mode) -> None:
+    with (
+        FaultySmtpServer(
+            pipelining=mode.pipelining, chunking=mode.chunking, silent_after_body=[1]
+        ) as server,
+        SmtpSink() as fallback,
+    ):
+        quick = dataclasses.replace(provider(server.host, server.port), timeout=1.5)
+        mailer = FailoverMailer(
+            SmtpChannel(quick),
+            SmtpChannel(provider(fallback.host, fallback.port)),
+            CircuitBreaker(fakeredis.FakeRedis(), "smtp-primary", cooldown=60),
+        )
+        started = time.monotonic()
+        # A deadline sooner than MAIL_TIMEOUT: once the message is out it no
+        # longer cuts the wait (that would only turn a slow 250 into a doubt).
+        deadline = Deadline.after(0.5, lambda: datetime.now(UTC))
+
+        with pytest.raises(AmbiguousDeliveryError, match="timed out"):
+            mailer.send(composed(), SENDER.addr_spec, "ada@example.com", deadline)
+        took = time.monotonic() - started
+        mailer.close()
+
+    assert took >= 1.4, f"gave up after {took:.1f}s, before MAIL_TIMEOUT (1.5 s)"
+    assert len(server.messages) == 1
+    assert fallback.messages == []
 
 
 @pytest.mark.parametrize(

@@ -227,9 +227,8 @@ class SmtpChannel:
             self._drop()
             if transaction.progress is Progress.BODY_SENT:
                 raise AmbiguousDeliveryError(
-                    f"{self.provider.name} SMTP server: the connection was lost after the "
-                    f"message was handed over, before the server's reply "
-                    f"({type(exc).__name__}: {exc}); it may have been delivered"
+                    f"{self.provider.name} SMTP server: no reply after the message was handed "
+                    f"over ({type(exc).__name__}: {exc}); it may have been delivered"
                 ) from exc
             if reused and transaction.progress < Progress.MAIL_ACCEPTED and isinstance(exc, _LOST):
                 raise _StaleConnection() from exc
