@@ -7,8 +7,15 @@ decides which one it raises; nothing else in the service second-guesses it.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from notifier.deadlines import Deadline
+
 __all__ = [
+    "AmbiguousDeliveryError",
     "ConfigurationError",
+    "DeadlineExpiredError",
     "DeliveryBusyError",
     "InvalidEventError",
     "NotifierError",
@@ -37,6 +44,32 @@ class ProviderUnavailableError(TransientError):
     Connection refused or reset, timeouts, SMTP 421, HTTP connection errors:
     the cue to fail over to another provider and to open the circuit breaker.
     """
+
+
+class AmbiguousDeliveryError(TransientError):
+    """The provider may have the message: the connection dropped after it was handed over.
+
+    The server received the whole body (DATA's final dot, or the BDAT chunk)
+    and the connection closed before its reply, so whether it queued the
+    message is unknown. It is never sent again within the same attempt, nor
+    through the fallback provider (either would be a silent second copy);
+    the pipeline logs it (``delivery.ambiguous``) and retries it as a normal
+    attempt: at least once (docs/DESIGN.md §10, docs/guarantees.md).
+    """
+
+
+class DeadlineExpiredError(TransientError):
+    """A deadline passed before the message was handed over: nothing was sent.
+
+    ``deadline`` is the ``notifier.deadlines.Deadline`` that passed. Transient
+    because the deadline may be a task's time budget (try again later); when
+    it is the delivery's own ``not_after`` the pipeline dead-letters the
+    delivery as ``expired`` instead of retrying it.
+    """
+
+    def __init__(self, message: str, *, deadline: Deadline) -> None:
+        super().__init__(message)
+        self.deadline = deadline
 
 
 class InvalidEventError(PermanentError):

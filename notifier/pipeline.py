@@ -23,7 +23,15 @@ from notifier.channels import Receipt
 from notifier.channels.sms import segments
 from notifier.compose import compose_email, compose_sms
 from notifier.deadletter import AttemptRecord, DeadLetter, Status
-from notifier.errors import InvalidEventError, NotifierError, PermanentError, TransientError
+from notifier.deadlines import Deadline
+from notifier.errors import (
+    AmbiguousDeliveryError,
+    DeadlineExpiredError,
+    InvalidEventError,
+    NotifierError,
+    PermanentError,
+    TransientError,
+)
 from notifier.events import Event, json_type, parse_event
 from notifier.jobs import Job
 from notifier.ledger import ClaimState
@@ -56,6 +64,7 @@ OutcomeName = Literal[
     "dead",
     "fallback",
     "rate_limited",
+    "ambiguous",
 ]
 
 
@@ -188,7 +197,8 @@ def run_job(job: Job, rt: Runtime) -> Outcome:
     """One attempt of one delivery, guarded by the idempotency ledger."""
     delivery = job.delivery
     now = rt.clock()
-    if delivery.not_after and datetime.fromisoformat(delivery.not_after) <= now:
+    deadline = _deadline(delivery, rt)
+    if deadline is not None and deadline.expired():
         error = f"DeadlineExpired: not sent: its deadline {delivery.not_after} has passed"
         return _dead(job, rt, error, status="expired", record=False)
 
@@ -252,7 +262,17 @@ def _with_leave(job: Job, exempt: bool, rt: Runtime) -> Job:
     return job.model_copy(update={"replay_grant": grant})
 
 
+def _deadline(delivery: Delivery, rt: Runtime) -> Deadline | None:
+    """The instant after which this delivery must not be sent (a reset link's expiry)."""
+    if not delivery.not_after:
+        return None
+    return Deadline(datetime.fromisoformat(delivery.not_after), rt.clock, name="its deadline")
+
+
 def _send(delivery: Delivery, rt: Runtime, now: datetime) -> Receipt:
+    # The channels hold the deadline during the send too: every wait is cut to
+    # the time left, and the message is not handed over once it has passed.
+    deadline = _deadline(delivery, rt)
     context = rt.renderer.context(delivery, now)
     if delivery.channel == "email":
         if delivery.fallback_for:
@@ -268,7 +288,9 @@ def _send(delivery: Delivery, rt: Runtime, now: datetime) -> Receipt:
             allow_special_domains=rt.settings.notifier_allow_special_domains,
         )
         return rt.metrics.timed_send(
-            lambda: rt.smtp.send(message, sender=sender.addr_spec, recipient=delivery.address)
+            lambda: rt.smtp.send(
+                message, sender=sender.addr_spec, recipient=delivery.address, deadline=deadline
+            )
         )
     body = rt.renderer.sms(delivery.template, context)
     count, encoding = segments(body)
@@ -276,11 +298,29 @@ def _send(delivery: Delivery, rt: Runtime, now: datetime) -> Receipt:
         "sms.segments", delivery_id=delivery.delivery_id, segments=count, encoding=encoding
     )
     sms = rt.sms()
-    return rt.metrics.timed_send(lambda: sms.send(compose_sms(delivery, body)))
+    return rt.metrics.timed_send(lambda: sms.send(compose_sms(delivery, body), deadline=deadline))
 
 
 def _failed(job: Job, rt: Runtime, exc: NotifierError, *, exempt: bool = False) -> Outcome:
     error = _error_text(exc)
+    deadline = _deadline(job.delivery, rt)
+    if isinstance(exc, DeadlineExpiredError) and deadline is not None and deadline.expired():
+        # Its deadline passed during the send, before the message was handed
+        # over: as when it had passed before (run_job), never sent late.
+        error = f"DeadlineExpired: not sent: {exc}"
+        record = AttemptRecord(attempt=job.attempt, at=iso_utc(rt.clock()), error=error)
+        return _dead(
+            job.model_copy(update={"history": [*job.history, record]}),
+            rt,
+            error,
+            status="expired",
+        )
+    if isinstance(exc, AmbiguousDeliveryError):
+        # The provider may have it: retried as a normal attempt (at least
+        # once), but said aloud, and so in the dead letter's history too
+        # (docs/DESIGN.md §10).
+        error = f"ambiguous: {error}"
+        _log_outcome(rt, job, "ambiguous", error=error)
     record = AttemptRecord(attempt=job.attempt, at=iso_utc(rt.clock()), error=error)
     history = [*job.history, record]
     if isinstance(exc, TransientError):
@@ -418,7 +458,7 @@ def replay(entry: DeadLetter, rt: Runtime) -> str:
 def _log_outcome(rt: Runtime, job: Job, outcome: OutcomeName, **fields: object) -> None:
     delivery = job.delivery
     rt.metrics.record_delivery(delivery.channel, delivery.event_type, outcome)
-    level = "warning" if outcome in ("retried", "dead", "rate_limited") else "info"
+    level = "warning" if outcome in ("retried", "dead", "rate_limited", "ambiguous") else "info"
     getattr(get_logger(), level)(
         f"delivery.{outcome}",
         event_id=delivery.event_id,

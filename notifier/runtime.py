@@ -30,6 +30,7 @@ from notifier.channels.smtp.connection import SmtpChannel, SmtpProvider
 from notifier.channels.smtp.failover import CircuitBreaker, FailoverMailer
 from notifier.compose import ComposedEmail, SmsMessage, parse_sender
 from notifier.deadletter import DeadLetterStore
+from notifier.deadlines import Deadline
 from notifier.errors import ConfigurationError
 from notifier.jobs import Scheduler
 from notifier.ledger import Ledger
@@ -45,8 +46,19 @@ __all__ = ["Mailer", "MetricsRecorder", "Runtime", "SmsSender"]
 class Mailer(Protocol):
     """Sends one composed email (``channels.smtp.failover.FailoverMailer`` in production)."""
 
-    def send(self, message: ComposedEmail, sender: str, recipient: str) -> Receipt:
-        """Hand the message to a provider; raise Transient/PermanentError otherwise."""
+    def send(
+        self,
+        message: ComposedEmail,
+        sender: str,
+        recipient: str,
+        deadline: Deadline | None = None,
+    ) -> Receipt:
+        """Hand the message to a provider; raise Transient/PermanentError otherwise.
+
+        Nothing is handed over once ``deadline`` (None: no deadline) has
+        passed: a ``DeadlineExpiredError`` says so. A message that may have
+        arrived although the reply was lost raises ``AmbiguousDeliveryError``.
+        """
 
     def close(self) -> None:
         """Close pooled connections."""
@@ -68,8 +80,12 @@ class MetricsRecorder(Protocol):
 class SmsSender(Protocol):
     """Sends one SMS (``channels.sms.SmsChannel`` in production)."""
 
-    def send(self, message: SmsMessage) -> Receipt:
-        """Hand the message to the provider; raise Transient/PermanentError otherwise."""
+    def send(self, message: SmsMessage, deadline: Deadline | None = None) -> Receipt:
+        """Hand the message to the provider; raise Transient/PermanentError otherwise.
+
+        Nothing is handed over once ``deadline`` (None: no deadline) has
+        passed: a ``DeadlineExpiredError`` says so.
+        """
 
     def close(self) -> None:
         """Close the HTTP session."""

@@ -5,18 +5,27 @@ One client per worker process (its HTTP session keeps connections alive).
 client rewrites the host from ``TWILIO_REGION``/``TWILIO_EDGE`` in the process
 environment, and reads ``os.environ`` whenever the mapping it is given is
 empty, so we hand it one with both names blank: settings alone decide.
+
+A send before a deadline (``notifier.deadlines``) cuts the request's timeout
+(``TWILIO_TIMEOUT``) to the time left and checks the deadline right before
+the request goes out. ``messages.create`` takes no timeout, so the deadline
+reaches the HTTP client through a context variable, one per call.
 """
 
 from __future__ import annotations
 
 import math
+from contextvars import ContextVar
 
+import requests
 from twilio.http.http_client import TwilioHttpClient
+from twilio.http.response import Response
 from twilio.rest import Client
 
 from notifier.channels import Receipt
 from notifier.compose import SmsMessage
-from notifier.errors import ConfigurationError
+from notifier.deadlines import Deadline
+from notifier.errors import ConfigurationError, DeadlineExpiredError
 from notifier.retry import ProviderError, classify
 from notifier.settings import Settings
 
@@ -48,6 +57,34 @@ def segments(body: str) -> tuple[int, str]:
     return math.ceil(length / multi), encoding
 
 
+_SEND_DEADLINE: ContextVar[Deadline | None] = ContextVar("sms_send_deadline", default=None)
+
+
+class DeadlineHttpClient(TwilioHttpClient):  # type: ignore[misc]  # twilio ships no types
+    """Twilio's HTTP client, with each request's timeout cut to the current send's deadline."""
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        params: dict[str, object] | None = None,
+        data: dict[str, object] | None = None,
+        headers: dict[str, str] | None = None,
+        auth: tuple[str, str] | None = None,
+        timeout: float | None = None,
+        allow_redirects: bool = False,
+    ) -> Response:
+        """``TwilioHttpClient.request``, refused once the deadline passed, and limited by it."""
+        deadline = _SEND_DEADLINE.get()
+        limit = timeout if timeout is not None else self.timeout
+        if deadline is not None:
+            deadline.check("sending the request to Twilio")
+            limit = deadline.cap(limit) if limit is not None else deadline.remaining()
+        return super().request(
+            method, url, params, data, headers, auth, limit, allow_redirects=allow_redirects
+        )
+
+
 class SmsChannel:
     """Sends ``SmsMessage``s from ``TWILIO_PHONE_NUMBER``."""
 
@@ -63,19 +100,32 @@ class SmsChannel:
         self.client = Client(
             sid,
             token.get_secret_value(),
-            http_client=TwilioHttpClient(timeout=settings.twilio_timeout),
+            http_client=DeadlineHttpClient(timeout=settings.twilio_timeout),
             environment={"TWILIO_REGION": "", "TWILIO_EDGE": ""},
         )
         self.client.api.base_url = settings.twilio_api_base_url
 
-    def send(self, message: SmsMessage) -> Receipt:
-        """Hand one SMS to Twilio; raise Transient/PermanentError on failure."""
+    def send(self, message: SmsMessage, deadline: Deadline | None = None) -> Receipt:
+        """Hand one SMS to Twilio before ``deadline``; raise Transient/PermanentError on failure."""
+        token = _SEND_DEADLINE.set(deadline)
         try:
             created = self.client.messages.create(
                 to=message.to, from_=self.sender, body=message.body
             )
         except ProviderError as exc:
+            if isinstance(exc, requests.ConnectTimeout) and deadline and deadline.expired():
+                # Our deadline cut the connect short: nothing reached Twilio. A
+                # timeout waiting for the reply came after the request went out,
+                # so it stays what classify makes of it (transient: the next
+                # attempt meets the deadline, and the delivery ends ``expired``).
+                raise DeadlineExpiredError(
+                    f"{deadline.name} {deadline.at.isoformat()} passed while connecting to "
+                    f"Twilio ({type(exc).__name__}: {exc})",
+                    deadline=deadline,
+                ) from exc
             raise classify(exc) from exc
+        finally:
+            _SEND_DEADLINE.reset(token)
         return Receipt(channel="sms", provider="twilio", provider_id=str(created.sid))
 
     def close(self) -> None:

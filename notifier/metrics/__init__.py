@@ -5,7 +5,9 @@ Metrics (names and labels are a public contract, docs/DESIGN.md §7):
 ``notifier_deliveries_total{channel,type,outcome}``
     Counter. Every outcome of every delivery attempt: ``sent``, ``retried``,
     ``dead``, ``duplicate``, ``skipped``, ``queued``, ``deferred``, ``fallback``
-    (and ``rate_limited`` once limits exist); ``rejected`` for invalid input
+    (and ``rate_limited`` once limits exist); ``ambiguous`` when an SMTP
+    connection was lost after the message was handed over (counted beside the
+    ``retried`` or ``dead`` that follows); ``rejected`` for invalid input
     (``channel="none"``). ``type`` is the event type, ``unknown`` when the input
     named none we support (a producer must not be able to mint label values).
 ``notifier_send_duration_seconds{channel,provider}``

@@ -7,18 +7,25 @@ command at a time, and the caller must not be able to tell the difference.
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import threading
+import time
 from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple
 
+import fakeredis
 import pytest
 
 from notifier.channels.smtp.connection import SmtpChannel, SmtpProvider
+from notifier.channels.smtp.failover import CircuitBreaker, FailoverMailer
 from notifier.compose import ComposedEmail, compose_email, parse_sender
+from notifier.deadlines import Deadline
 from notifier.errors import (
+    AmbiguousDeliveryError,
     ConfigurationError,
+    DeadlineExpiredError,
     PermanentError,
     ProviderUnavailableError,
     TransientError,
@@ -28,6 +35,8 @@ from notifier.planner import Delivery, plan
 from notifier.templates import RenderedEmail
 from notifier.testing import SmtpSink
 from tests import samples
+from tests.polling import eventually
+from tests.smtp_faults import FaultySmtpServer
 
 pytestmark = pytest.mark.integration
 
@@ -73,6 +82,13 @@ def composed(address: str = "ada@example.com") -> ComposedEmail:
 def sink(request: pytest.FixtureRequest) -> Iterator[SmtpSink]:
     with SmtpSink(pipelining=request.param) as server:
         yield server
+
+
+@pytest.fixture
+def fakeredis_client() -> Iterator[fakeredis.FakeRedis]:
+    client = fakeredis.FakeRedis()
+    yield client
+    client.close()
 
 
 @pytest.fixture
@@ -333,3 +349,221 @@ def test_a_message_refused_after_its_group_is_permanent(chunking: bool) -> None:
 
     assert server.messages == []
     assert server.commands == [b"EHLO", b"MAIL", b"RSET", b"QUIT"]  # one RSET, not two
+
+
+# --- a connection lost mid-transaction (docs/guarantees.md, "Guarantees and limits") ---------
+
+
+class Mode(NamedTuple):
+    """What the server offers: the three ways ``transact`` sends."""
+
+    pipelining: bool
+    chunking: bool
+
+
+MODES = {
+    "one-command-at-a-time": Mode(pipelining=False, chunking=False),
+    "pipelining-data": Mode(pipelining=True, chunking=False),
+    "pipelining-bdat": Mode(pipelining=True, chunking=True),
+}
+
+
+@pytest.fixture(params=list(MODES))
+def mode(request: pytest.FixtureRequest) -> Mode:
+    return MODES[request.param]
+
+
+def test_a_connection_lost_after_the_message_on_a_reused_connection_is_ambiguous_not_resent(
+    mode: Mode,
+) -> None:
+    with FaultySmtpServer(
+        pipelining=mode.pipelining, chunking=mode.chunking, drop_after_body=[2]
+    ) as server:
+        smtp = SmtpChannel(provider(server.host, server.port))
+        send(smtp)  # the connection is now a reused one
+
+        with pytest.raises(AmbiguousDeliveryError, match="may have been delivered"):
+            send(smtp)
+        smtp.close()
+
+    assert len(server.messages) == 2, "the second message went out once, not twice"
+    assert server.connections == 1
+
+
+def test_a_connection_lost_after_the_message_does_not_fail_over_to_the_fallback(
+    mode: Mode, fakeredis_client: Any
+) -> None:
+    with (
+        FaultySmtpServer(
+            pipelining=mode.pipelining, chunking=mode.chunking, drop_after_body=[1]
+        ) as server,
+        SmtpSink() as fallback,
+    ):
+        primary = SmtpChannel(provider(server.host, server.port))
+        secondary = SmtpChannel(provider(fallback.host, fallback.port))
+        breaker = CircuitBreaker(fakeredis_client, "smtp-primary", cooldown=60)
+        mailer = FailoverMailer(primary, secondary, breaker)
+
+        with pytest.raises(AmbiguousDeliveryError):
+            mailer.send(composed(), SENDER.addr_spec, "ada@example.com")
+        mailer.close()
+
+    assert len(server.messages) == 1
+    assert fallback.messages == [], "the fallback sent a second copy"
+    assert not breaker.is_open()
+
+
+def test_no_reply_after_the_message_is_waited_for_in_full_then_ambiguous(mode: Mode) -> None:
+    with (
+        FaultySmtpServer(
+            pipelining=mode.pipelining, chunking=mode.chunking, silent_after_body=[1]
+        ) as server,
+        SmtpSink() as fallback,
+    ):
+        quick = dataclasses.replace(provider(server.host, server.port), timeout=1.5)
+        mailer = FailoverMailer(
+            SmtpChannel(quick),
+            SmtpChannel(provider(fallback.host, fallback.port)),
+            CircuitBreaker(fakeredis.FakeRedis(), "smtp-primary", cooldown=60),
+        )
+        started = time.monotonic()
+        # A deadline sooner than MAIL_TIMEOUT: once the message is out it no
+        # longer cuts the wait (that would only turn a slow 250 into a doubt).
+        deadline = Deadline.after(0.5, lambda: datetime.now(UTC))
+
+        with pytest.raises(AmbiguousDeliveryError, match="timed out"):
+            mailer.send(composed(), SENDER.addr_spec, "ada@example.com", deadline)
+        took = time.monotonic() - started
+        mailer.close()
+
+    assert took >= 1.4, f"gave up after {took:.1f}s, before MAIL_TIMEOUT (1.5 s)"
+    assert len(server.messages) == 1
+    assert fallback.messages == []
+
+
+@pytest.mark.parametrize(
+    "mode",
+    [MODES["one-command-at-a-time"], MODES["pipelining-data"]],
+    ids=["one-command-at-a-time", "pipelining-data"],
+)
+def test_a_reused_connection_dropped_at_mail_is_replaced_within_the_same_send(
+    mode: Mode,
+) -> None:
+    with FaultySmtpServer(
+        pipelining=mode.pipelining, chunking=mode.chunking, drop_at_mail=[2]
+    ) as server:
+        smtp = SmtpChannel(provider(server.host, server.port))
+        send(smtp)
+
+        send(smtp)  # no error: nothing of it had been accepted, so it starts over
+        smtp.close()
+
+    assert len(server.messages) == 2
+    assert server.connections == 2
+
+
+@pytest.mark.parametrize(
+    "mode",
+    [MODES["one-command-at-a-time"], MODES["pipelining-data"]],
+    ids=["one-command-at-a-time", "pipelining-data"],
+)
+def test_a_reused_connection_lost_after_mail_was_accepted_is_left_to_the_retry_schedule(
+    mode: Mode,
+) -> None:
+    with FaultySmtpServer(
+        pipelining=mode.pipelining, chunking=mode.chunking, drop_at_rcpt=[2]
+    ) as server:
+        smtp = SmtpChannel(provider(server.host, server.port))
+        send(smtp)
+
+        with pytest.raises(ProviderUnavailableError, match="disconnected"):
+            send(smtp)
+        smtp.close()
+
+    assert len(server.messages) == 1, "the lost message was not handed over at all"
+    assert server.connections == 1, "no reconnect once the server had accepted MAIL"
+
+
+def test_a_reused_connection_the_server_closed_when_idle_is_replaced_within_the_same_send(
+    mode: Mode,
+) -> None:
+    with FaultySmtpServer(
+        pipelining=mode.pipelining, chunking=mode.chunking, close_after=[1]
+    ) as server:
+        smtp = SmtpChannel(provider(server.host, server.port))
+        send(smtp)
+        eventually(lambda: server.closed == 1, what="the server to close the idle connection")
+
+        send(smtp)  # even with CHUNKING, where the message travels with MAIL
+        smtp.close()
+
+    assert len(server.messages) == 2
+    assert server.connections == 2
+
+
+# --- deadlines ----------------------------------------------------------------------------
+
+
+def test_a_server_slower_than_the_deadline_gets_nothing_and_the_send_ends_at_the_deadline() -> None:
+    clock = lambda: datetime.now(UTC)  # noqa: E731 - real time: a real server is waited on
+    with FaultySmtpServer(greet_after=5.0) as server:
+        smtp = SmtpChannel(provider(server.host, server.port))  # MAIL_TIMEOUT 5 s
+        started = time.monotonic()
+
+        with pytest.raises(DeadlineExpiredError):
+            smtp.send(composed(), SENDER.addr_spec, "ada@example.com", Deadline.after(1.0, clock))
+        took = time.monotonic() - started
+        smtp.close()
+
+    assert took < 3.0, f"the send took {took:.1f}s, past its 1 s deadline"
+    assert server.commands == []
+    assert server.messages == []
+
+
+def test_a_send_on_an_open_connection_after_the_deadline_writes_nothing(
+    mode: Mode,
+) -> None:
+    now = [datetime(2026, 12, 3, 8, 0, tzinfo=UTC)]
+    deadline = Deadline(now[0] + timedelta(seconds=30), lambda: now[0])
+    with FaultySmtpServer(pipelining=mode.pipelining, chunking=mode.chunking) as server:
+        smtp = SmtpChannel(provider(server.host, server.port))
+        send(smtp)  # connected: the next send would start straight with its envelope
+        now[0] += timedelta(seconds=31)
+
+        with pytest.raises(DeadlineExpiredError):
+            smtp.send(composed(), SENDER.addr_spec, "ada@example.com", deadline)
+        commands = list(server.commands)
+        send(smtp)  # and the connection still carries the next message
+        smtp.close()
+
+    assert commands == [b"EHLO", b"MAIL", b"RCPT", b"DATA" if not mode.chunking else b"BDAT"]
+    assert len(server.messages) == 2
+    assert server.connections == 1
+
+
+@pytest.mark.parametrize(
+    "mode",
+    [MODES["one-command-at-a-time"], MODES["pipelining-data"]],
+    ids=["one-command-at-a-time", "pipelining-data"],
+)
+def test_a_deadline_that_passes_before_the_354_keeps_the_message_back(
+    mode: Mode,
+) -> None:
+    now = [datetime(2026, 12, 3, 8, 0, tzinfo=UTC)]
+    deadline = Deadline(now[0] + timedelta(seconds=30), lambda: now[0])
+
+    def slow_data(verb: bytes) -> None:
+        if verb == b"DATA":  # the server takes 31 s to say 354
+            now[0] += timedelta(seconds=31)
+
+    with FaultySmtpServer(
+        pipelining=mode.pipelining, chunking=mode.chunking, on_command=slow_data
+    ) as server:
+        smtp = SmtpChannel(provider(server.host, server.port))
+
+        with pytest.raises(DeadlineExpiredError, match="handing the message over"):
+            smtp.send(composed(), SENDER.addr_spec, "ada@example.com", deadline)
+        smtp.close()
+
+    assert b"DATA" in server.commands
+    assert server.messages == []

@@ -27,6 +27,7 @@ from notifier.channels import Receipt
 from notifier.cli import app as cli
 from notifier.compose import ComposedEmail
 from notifier.deadletter import DeadLetterStore
+from notifier.deadlines import Deadline
 from notifier.errors import TransientError
 from notifier.events import parse_event
 from notifier.metrics import endpoint
@@ -152,7 +153,13 @@ class RecordingScheduler:
 class AcceptingSmtp:
     sent: list[ComposedEmail] = field(default_factory=list)
 
-    def send(self, message: ComposedEmail, sender: str, recipient: str) -> Receipt:
+    def send(
+        self,
+        message: ComposedEmail,
+        sender: str,
+        recipient: str,
+        deadline: Deadline | None = None,
+    ) -> Receipt:
         self.sent.append(message)
         return Receipt("email", "metrics-test-smtp", str(len(self.sent)))
 

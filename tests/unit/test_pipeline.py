@@ -16,11 +16,19 @@ import fakeredis
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
 from notifier.channels import Receipt
 from notifier.compose import ComposedEmail, SmsMessage
 from notifier.deadletter import DeadLetter
-from notifier.errors import InvalidEventError, PermanentError, TransientError
+from notifier.deadlines import Deadline
+from notifier.errors import (
+    AmbiguousDeliveryError,
+    DeadlineExpiredError,
+    InvalidEventError,
+    PermanentError,
+    TransientError,
+)
 from notifier.events import parse_event
 from notifier.ledger import DEFAULT_LEASE_SECONDS
 from notifier.pipeline import (
@@ -78,14 +86,31 @@ class SentEmail:
 
 @dataclass
 class FakeSmtp:
-    """Accepts every message unless told to raise; ``failures`` are used up in order."""
+    """Accepts every message unless told to raise; ``failures`` are used up in order.
+
+    Like a real channel it holds the deadline it is given: ``stall`` (a
+    slow server: a test moves its clock there) runs first, then nothing is
+    handed over once the deadline has passed.
+    """
 
     failures: list[Exception] = field(default_factory=list)
     sent: list[SentEmail] = field(default_factory=list)
+    deadlines: list[Deadline | None] = field(default_factory=list)
+    stall: Callable[[], None] = lambda: None
 
-    def send(self, message: ComposedEmail, sender: str, recipient: str) -> Receipt:
+    def send(
+        self,
+        message: ComposedEmail,
+        sender: str,
+        recipient: str,
+        deadline: Deadline | None = None,
+    ) -> Receipt:
+        self.deadlines.append(deadline)
         if self.failures:
             raise self.failures.pop(0)
+        self.stall()
+        if deadline is not None:
+            deadline.check("handing the message over")
         self.sent.append(SentEmail(message, sender, recipient))
         return Receipt(channel="email", provider="fake-smtp", provider_id=str(len(self.sent)))
 
@@ -98,7 +123,7 @@ class FakeSms:
     failures: list[Exception] = field(default_factory=list)
     sent: list[SmsMessage] = field(default_factory=list)
 
-    def send(self, message: SmsMessage) -> Receipt:
+    def send(self, message: SmsMessage, deadline: Deadline | None = None) -> Receipt:
         if self.failures:
             raise self.failures.pop(0)
         self.sent.append(message)
@@ -780,6 +805,61 @@ def test_delivery_without_a_deadline_is_sent_whenever(make_world: MakeWorld) -> 
     assert result.outcome == "sent"
 
 
+def test_the_channel_is_given_the_reset_links_expiry_as_its_deadline(
+    make_world: MakeWorld,
+) -> None:
+    event = samples.password_reset_requested()
+    world = make_world(clock=lambda: occurred_at(event) + timedelta(minutes=30))
+
+    handle_event(event, world.rt)
+
+    (deadline,) = world.smtp.deadlines
+    assert deadline is not None
+    assert deadline.at == occurred_at(event) + timedelta(hours=1)
+    assert deadline.remaining() == 30 * 60
+
+
+def test_a_delivery_without_an_expiry_is_sent_without_a_deadline(world: World) -> None:
+    handle_event(samples.user_registered(), world.rt)
+
+    assert world.smtp.deadlines == [None]
+
+
+def test_a_reset_whose_expiry_passes_during_the_send_is_dead_lettered_expired_unsent(
+    make_world: MakeWorld,
+) -> None:
+    event = samples.password_reset_requested()
+    now = [occurred_at(event) + timedelta(minutes=59, seconds=58)]  # 2 s left
+    world = make_world(clock=lambda: now[0])
+
+    def slow_server() -> None:  # the server greets after 5 s
+        now[0] += timedelta(seconds=5)
+
+    world.smtp.stall = slow_server
+
+    (result,) = handle_event(event, world.rt)
+
+    assert result.outcome == "dead"
+    assert world.smtp.sent == []
+    assert world.scheduler.scheduled == [], "not retried: it would only be later still"
+    (entry,) = world.dead_letters
+    assert entry.status == "expired"
+    assert entry.error.startswith("DeadlineExpired: not sent")
+    assert [record.attempt for record in entry.history] == [1]
+    assert world.rt.ledger.state(result.delivery_id) is None
+
+
+def test_a_passed_deadline_that_is_not_the_deliverys_own_is_retried(world: World) -> None:
+    # A task's time budget, say: the delivery itself may still go later.
+    budget = Deadline.after(0, world.rt.clock, name="the task's time budget")
+    world.smtp.failures = [DeadlineExpiredError("budget spent", deadline=budget)]
+
+    (result,) = handle_event(samples.user_registered(), world.rt)
+
+    assert result.outcome == "retried"
+    assert world.dead_letters == []
+
+
 def test_delivery_carries_its_deadline() -> None:
     event = samples.password_reset_requested()
 
@@ -836,3 +916,45 @@ def test_a_message_redelivered_past_the_limit_is_dead_lettered(make_world: MakeW
     [entry] = world.dead_letters
     assert "redelivered 3 times" in entry.error
     assert entry.event_id == args[0]["event_id"]
+
+
+# --- ambiguous replies ----------------------------------------------------------------
+
+
+def ambiguous() -> AmbiguousDeliveryError:
+    return AmbiguousDeliveryError("the connection was lost after the message was handed over")
+
+
+def test_an_ambiguous_send_is_logged_and_counted_as_ambiguous_then_retried(world: World) -> None:
+    counting = CountingMetrics()
+    rt = dataclasses.replace(world.rt, metrics=counting)
+    world.smtp.failures = [ambiguous()]
+
+    with capture_logs() as logs:
+        (result,) = handle_event(samples.user_registered(), rt)
+
+    assert result.outcome == "retried"
+    [(job, countdown)] = world.scheduler.scheduled
+    assert job.attempt == 2
+    assert 0 <= countdown <= BACKOFF_BASE
+    [warning] = [log for log in logs if log["event"] == "delivery.ambiguous"]
+    assert warning["log_level"] == "warning"
+    assert warning["delivery_id"] == result.delivery_id
+    assert warning["attempt"] == 1
+    assert warning["error"].startswith("ambiguous: AmbiguousDeliveryError")
+    assert ("email", "user.registered", "ambiguous") in counting.outcomes
+    assert ("email", "user.registered", "retried") in counting.outcomes
+
+
+def test_an_ambiguous_attempt_says_ambiguous_in_the_dead_letters_history(
+    make_world: MakeWorld,
+) -> None:
+    world = make_world(notifier_retry_max_attempts=1)
+    world.smtp.failures = [ambiguous()]
+
+    (result,) = handle_event(samples.user_registered(), world.rt)
+
+    assert result.outcome == "dead"
+    (entry,) = world.dead_letters
+    assert [record.error.split(" ", 1)[0] for record in entry.history] == ["ambiguous:"]
+    assert entry.error.startswith("ambiguous: ")

@@ -17,13 +17,17 @@
     since opening one costs about 3× a send and STARTTLS about 10×. A
     server that dropped an idle connection (aiosmtpd after 300 s, most
     providers sooner) is met with one immediate reconnect inside the same
-    attempt; anything else is classified and left to the caller's retry
-    policy. ``notifier health`` opens its probe connection with the same
-    code.
+    attempt, but only before the server accepted MAIL FROM; a connection
+    lost after the message was handed over is ambiguous (the server may have
+    it) and is never sent again inside the attempt. Anything else is
+    classified and left to the caller's retry policy. Every wait is cut to
+    the delivery's deadline. ``notifier health`` opens its probe connection
+    with the same code.
 ``failover``
     Policy across providers: the fallback server takes over within the same
-    attempt when the primary is unavailable, and a circuit breaker shared
-    through Redis skips the primary for a cool-down once it is down.
+    attempt when the primary is unavailable (never after an ambiguous loss),
+    and a circuit breaker shared through Redis skips the primary for a
+    cool-down once it is down.
 
 Certificates are always verified (``MAIL_CA_FILE`` adds a private CA), and
 credentials are never sent over a plain connection unless

@@ -14,6 +14,7 @@ from notifier import keys
 from notifier.channels import Receipt
 from notifier.channels.smtp.connection import SmtpChannel
 from notifier.compose import ComposedEmail
+from notifier.deadlines import Deadline
 from notifier.errors import ProviderUnavailableError
 
 __all__ = ["CircuitBreaker", "FailoverMailer"]
@@ -48,7 +49,13 @@ class FailoverMailer:
 
     Only ``ProviderUnavailableError`` (the server, not the message, is the
     problem) moves a send to the fallback; a 5xx for a mailbox would fail the
-    same way anywhere, and a 4xx deferral is for the retry schedule.
+    same way anywhere, and a 4xx deferral is for the retry schedule. An
+    ``AmbiguousDeliveryError`` (the primary lost the connection after the
+    message was handed over) is deliberately not one: the primary may have
+    the message, and the fallback would send a second copy silently. It goes
+    back to the pipeline, which logs it and retries it as a new attempt. A
+    ``DeadlineExpiredError`` is not one either: our deadline, not the
+    server, cut the wait short.
     """
 
     def __init__(
@@ -58,19 +65,25 @@ class FailoverMailer:
         self.fallback = fallback
         self.circuit = circuit
 
-    def send(self, message: ComposedEmail, sender: str, recipient: str) -> Receipt:
-        """Send through the primary, or the fallback within the same attempt."""
+    def send(
+        self,
+        message: ComposedEmail,
+        sender: str,
+        recipient: str,
+        deadline: Deadline | None = None,
+    ) -> Receipt:
+        """Send through the primary, or the fallback in the same attempt; none past ``deadline``."""
         if self.fallback is None:
-            return self.primary.send(message, sender, recipient)
+            return self.primary.send(message, sender, recipient, deadline)
         primary_error: ProviderUnavailableError | None = None
         if not self.circuit.is_open():
             try:
-                return self.primary.send(message, sender, recipient)
+                return self.primary.send(message, sender, recipient, deadline)
             except ProviderUnavailableError as exc:
                 self.circuit.trip(str(exc))
                 primary_error = exc
         try:
-            return self.fallback.send(message, sender, recipient)
+            return self.fallback.send(message, sender, recipient, deadline)
         except ProviderUnavailableError as exc:
             if primary_error is None:
                 raise
