@@ -9,14 +9,16 @@ sending inline before its budget runs out.
 
 The worst case counts *waits*: every place the code blocks on the server,
 each bounded by the timeout (smtplib sets it on the socket; requests on the
-connection and on each read). It is a bound against servers that answer each
-command within the timeout or not at all; it cannot bound a server that drips
-a reply one byte at a time (each byte restarts the socket timeout), nor DNS
-(``getaddrinfo`` has no timeout): against those, the soft time limit remains
-the stop. Counted, per SMTP provider (``smtp_waits``):
+connection and on each read). It bounds an attempt against servers that
+answer each command within the timeout or not at all. It does not bound a
+server that drips a reply a byte at a time (each byte restarts the socket
+timeout), DNS (``getaddrinfo`` has no timeout), or a host name whose several
+addresses all fail to connect (each is tried with the full timeout): there
+only a deadline for the whole attempt in the mailer stops a send in time.
+Counted, per SMTP provider (``smtp_waits``):
 
-- a pooled connection the server dropped while idle: its first command, then
-  a fresh connection (``SmtpChannel`` reconnects once within the attempt): 1
+- a pooled connection that went dead while idle: its first reply never
+  comes, then a fresh connection (``SmtpChannel`` reconnects once): 1
 - TCP connect 1; the TLS handshake when ``*_USE_SSL`` 1; the greeting 1; EHLO 1
 - STARTTLS when ``*_USE_TLS``: its reply, the handshake, EHLO again: 3
 - login when ``*_USERNAME`` is set: 5 (smtplib tries CRAM-MD5 with 2 round

@@ -32,12 +32,13 @@ from tests.reliability.conftest import (
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]
 
 # Lease 30 s: time limits 27 s (soft) and 28.5 s (hard), sends must end by
-# 25.5 s; one email to this plain server waits 9 times at worst (2.8 s each:
-# 25.2 s). The old limits for this lease were 12 s and 15 s.
+# 25.5 s; one email to this plain server waits 9 times at worst (2.7 s each:
+# 24.3 s), so the first goes inline if it starts within 1.2 s. The old limits
+# for this lease were 12 s and 15 s.
 SCALED = {
     "NOTIFIER_CLAIM_LEASE": "30",
     "NOTIFIER_VISIBILITY_TIMEOUT": "60",
-    "MAIL_TIMEOUT": "2.8",
+    "MAIL_TIMEOUT": "2.7",
 }
 # Each EHLO, MAIL and RCPT is answered after 1.75 s, the message after 2.2 s:
 # the first email takes about 7.5 s; the second one's message is handed over
@@ -98,4 +99,6 @@ def test_a_slow_server_gets_each_email_once_and_no_send_is_cut_by_a_time_limit(
     assert slow_system.dead_letters() == [], "a time limit cut a send (dead-lettered)"
     assert received == Counter(dict.fromkeys(planned, 1)), "each email accepted exactly once"
     assert slow_system.sink.bodies_received == 2, "a message handed over twice"
-    assert [record.get("reason") for record in handed_off] == ["task time budget"]
+    # The second email at least (the first too, on a machine slow to start the task).
+    assert handed_off, "no email was handed to notifier.email"
+    assert {record.get("reason") for record in handed_off} == {"task time budget"}
