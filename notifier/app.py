@@ -241,6 +241,7 @@ def create_app(settings: Settings) -> NotifierCelery:
     @app.task(name=keys.HANDLE_EVENT_TASK, shared=False, bind=True, base=NotifierTask)
     def handle_event(self: NotifierTask, *args: Any, **kwargs: Any) -> None:
         """Validate, plan and start the deliveries of one event (the public entry point)."""
+        started = app.runtime.monotonic()  # the task's time limits count from here
         if self.poisoned(args):
             return
         if len(args) != 1 or kwargs:
@@ -252,7 +253,7 @@ def create_app(settings: Settings) -> NotifierCelery:
             )
             pipeline.reject({"args": list(args), "kwargs": kwargs}, [problem], app.runtime)
             return
-        pipeline.handle_event(args[0], app.runtime)
+        pipeline.handle_event(args[0], app.runtime, started=started)
 
     @app.task(name=keys.DELIVER_TASK, shared=False, bind=True, base=NotifierTask)
     def deliver(self: NotifierTask, job: object) -> None:

@@ -28,9 +28,9 @@ from notifier.redis_clients import reply_text
 
 __all__ = ["Claim", "ClaimState", "Ledger"]
 
-# Long enough for the slowest send (connect + STARTTLS + login + DATA, each
-# bounded by MAIL_TIMEOUT), short enough that a crashed claim frees up soon.
-DEFAULT_LEASE_SECONDS = 300
+# NOTIFIER_CLAIM_LEASE's default: the task time limits end before it, and the
+# settings check fits the slowest send inside them (notifier/budget.py).
+DEFAULT_LEASE_SECONDS = 140
 
 # GET and SET in one step: a plain SET NX cannot tell "claimed by someone
 # else" from "already sent", and we must answer differently to each.

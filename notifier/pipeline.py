@@ -6,7 +6,8 @@ clients), so every branch below is testable without a broker.
 
 Budget (docs/DESIGN.md §1): on the happy path an email costs one Celery task.
 ``handle_event`` sends the event's emails itself on their first attempt and
-enqueues only SMS deliveries and retries.
+enqueues only SMS deliveries and retries, and any email its task's time
+would not be sure to cover (``notifier.budget``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from notifier import keys
+from notifier import budget, keys
 from notifier.channels import Receipt
 from notifier.channels.sms import segments
 from notifier.compose import compose_email, compose_sms
@@ -82,12 +83,19 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def handle_event(raw: object, rt: Runtime) -> list[Outcome]:
+def handle_event(raw: object, rt: Runtime, *, started: float | None = None) -> list[Outcome]:
     """Validate and plan one event; send its emails now, queue its SMS.
 
     An invalid event is rejected: logged, and kept in the dead-letter store
     with the reasons. It is never raised back to Celery (a retry cannot fix it).
+
+    ``started`` is when the task began, on ``rt.monotonic`` (default: now).
+    An email is sent inline only if its worst case (``notifier.budget``) ends
+    before the task's time for sends does; otherwise it and the emails after
+    it go to ``notifier.email`` as first attempts, so the soft time limit never
+    cuts a send the server may already hold (issue 14).
     """
+    started = rt.monotonic() if started is None else started
     if not isinstance(raw, dict):
         # JSON text is for the CLI and client; on the queue the contract is an object.
         reject(raw, [f"event must be a JSON object, got {json_type(raw)}"], rt)
@@ -100,6 +108,9 @@ def handle_event(raw: object, rt: Runtime) -> list[Outcome]:
     get_logger().debug("event.accepted", event_id=str(event.event_id), type=event.type)
     rt.metrics.record_event(event.type)
     outcomes = []
+    sends_end = started + rt.settings.time_limits.sends
+    worst_email = budget.email_attempt_worst_case(rt.settings)
+    handing_off = False
     for delivery in plan(event):
         job = Job(delivery=delivery)
         if delivery.channel == "sms":
@@ -110,6 +121,13 @@ def handle_event(raw: object, rt: Runtime) -> list[Outcome]:
             # SMS are throttled per sender by Twilio: they get a queue of their own.
             rt.scheduler.schedule(job, countdown=0)
             _log_outcome(rt, job, "queued")
+            outcomes.append(Outcome(delivery.delivery_id, "queued"))
+            continue
+        handing_off = handing_off or rt.monotonic() + worst_email > sends_end
+        if handing_off:
+            # A deliver task on notifier.email has the whole of its own time for it.
+            rt.scheduler.schedule(job, countdown=0)
+            _log_outcome(rt, job, "queued", reason="task time budget")
             outcomes.append(Outcome(delivery.delivery_id, "queued"))
             continue
         outcomes.append(run_job(job, rt))

@@ -15,6 +15,7 @@ the CLI, the demo), never here.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -122,6 +123,8 @@ class Runtime:
     throttles: Mapping[str, Throttle]
     """Provider send rates, by channel."""
     clock: Callable[[], datetime] = _now
+    monotonic: Callable[[], float] = time.monotonic
+    """Seconds for time spent (a task's budget, notifier.budget); wall-clock jumps don't move it."""
     metrics: MetricsRecorder = field(default_factory=metrics_package.ProcessRecorder)
     _sender: Address | None = field(default=None, init=False, repr=False)
 

@@ -13,6 +13,7 @@ setting, credentials included.
 from __future__ import annotations
 
 import ipaddress
+import math
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +22,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from notifier import budget
 from notifier.errors import ConfigurationError
 from notifier.ratelimit import parse_rate_limits
 
@@ -68,13 +70,16 @@ class Settings(BaseSettings):
 
     notifier_retry_max_attempts: int = Field(8, ge=1)
     notifier_retry_backoff_base: float = Field(5.0, gt=0)
-    notifier_retry_backoff_max: float = Field(600.0, gt=0)
-    notifier_visibility_timeout: int = Field(1800, ge=1)
+    # The three below bring a dead worker's messages back within 5 minutes
+    # (289 s: the visibility timeout plus a sweep, celeryconfig), with every
+    # relation of ``_consistent`` holding for the default mail settings.
+    notifier_retry_backoff_max: float = Field(120.0, gt=0)
+    notifier_visibility_timeout: int = Field(280, ge=1)
     notifier_ledger_ttl: int = Field(604_800, ge=60)
     notifier_max_redeliveries: int = Field(5, ge=1)
     # Seconds a delivery's claim in the ledger outlives a crashed sender; the
-    # task time limits are derived from it (celeryconfig), so it always outlasts a send.
-    notifier_claim_lease: int = Field(300, ge=2)
+    # task time limits are derived from it (notifier.budget), so it always outlasts a send.
+    notifier_claim_lease: int = Field(140, ge=2)
     notifier_rate_limits: str = "password_reset=5/h,sms=10/h"
     notifier_sms_mps: float = Field(1.0, ge=0)  # long code 1, toll-free 3, short code 100
     notifier_smtp_mps: float = Field(0.0, ge=0)  # 0 = the provider sets no quota
@@ -125,37 +130,83 @@ class Settings(BaseSettings):
             )
         if self.mail_fallback_use_tls and self.mail_fallback_use_ssl:
             raise ValueError("MAIL_FALLBACK_USE_TLS and MAIL_FALLBACK_USE_SSL exclude each other")
-        if self.notifier_visibility_timeout <= self.notifier_retry_backoff_max:
-            # A retry countdown longer than the visibility timeout makes Redis hand
-            # the waiting message to a second worker: a duplicate delivery.
-            raise ValueError("NOTIFIER_VISIBILITY_TIMEOUT must exceed NOTIFIER_RETRY_BACKOFF_MAX")
-        _, hard_limit = self.task_time_limits
-        if self.notifier_visibility_timeout <= self.notifier_claim_lease + 1 + hard_limit:
+        limits = self.time_limits
+        if self.notifier_visibility_timeout <= self.notifier_retry_backoff_max + limits.hard:
+            # A retry waits out its countdown in the worker that took it, then
+            # runs: all of it before Redis hands the message to a second worker
+            # (a duplicate run, counted as a redelivery towards poison).
+            raise ValueError(
+                "NOTIFIER_VISIBILITY_TIMEOUT must exceed NOTIFIER_RETRY_BACKOFF_MAX plus the "
+                f"hard time limit ({_seconds(limits.hard)} s, from NOTIFIER_CLAIM_LEASE)"
+            )
+        if self.notifier_visibility_timeout <= self.notifier_claim_lease + 1 + limits.hard:
             # A delivery claimed by another worker is looked at again once the
             # lease runs out (a countdown of lease + 1 s), then runs for up to the
             # hard time limit: all of it before Redis would hand it out again.
             raise ValueError(
-                "NOTIFIER_VISIBILITY_TIMEOUT must exceed 1.5 x NOTIFIER_CLAIM_LEASE + 1 "
-                "(the lease, then the hard time limit of half the lease)"
+                "NOTIFIER_VISIBILITY_TIMEOUT must exceed NOTIFIER_CLAIM_LEASE + 1 plus the hard "
+                f"time limit ({_seconds(limits.hard)} s, from NOTIFIER_CLAIM_LEASE)"
             )
+        self._sends_fit(limits)
         return self
+
+    def _sends_fit(self, limits: budget.TimeLimits) -> None:
+        """Refuse a time limit that could cut a send the server already holds (issue 14).
+
+        Messages name settings and seconds derived from them, never a value of
+        a secret.
+        """
+        email = budget.email_attempt_worst_case(self)
+        if email > limits.sends:
+            waits = budget.email_waits(self)
+            # + 1 s: the event's own work before its first send.
+            lease = math.ceil(budget.minimum_claim_lease(email)) + 1
+            visibility = budget.visibility_floor(lease, self.notifier_retry_backoff_max)
+            providers = "MAIL_SERVER"
+            if self.mail_fallback_server:
+                providers += " and MAIL_FALLBACK_SERVER"
+            raise ValueError(
+                f"one email attempt can take {_seconds(email)} s at worst ({waits} waits of "
+                f"MAIL_TIMEOUT on {providers}: connecting, TLS, login and the transaction, "
+                "notifier/budget.py), but the task time limits from NOTIFIER_CLAIM_LEASE leave "
+                f"{_seconds(limits.sends)} s for it: lower MAIL_TIMEOUT to "
+                f"{math.floor(limits.sends / waits * 100) / 100:g} s or less, or raise "
+                f"NOTIFIER_CLAIM_LEASE to {lease} s or more and NOTIFIER_VISIBILITY_TIMEOUT "
+                f"above {math.floor(visibility)} s (a dead worker's messages then return later)"
+            )
+        sms = budget.sms_attempt_worst_case(self)
+        if self.sms_enabled and sms > limits.sends:
+            raise ValueError(
+                f"one SMS attempt can take {_seconds(sms)} s at worst ({budget.TWILIO_WAITS} "
+                "waits of TWILIO_TIMEOUT), but the task time limits from NOTIFIER_CLAIM_LEASE "
+                f"leave {_seconds(limits.sends)} s for it: lower TWILIO_TIMEOUT or raise "
+                "NOTIFIER_CLAIM_LEASE"
+            )
+
+    @property
+    def time_limits(self) -> budget.TimeLimits:
+        """Soft and hard task time limits and the time for sends (``notifier.budget``)."""
+        return budget.time_limits(self.notifier_claim_lease)
 
     @property
     def task_time_limits(self) -> tuple[float, float]:
-        """(soft, hard) seconds for every task: 120 and 150 with the default lease.
+        """(soft, hard) seconds for every task: 130 and 135 with the default lease of 140.
 
-        The hard limit is half the claim lease, so a send is always stopped
-        well before its claim could run out under it (no second worker can
-        take a delivery still being sent); the soft one leaves time to record
-        the failure.
+        The hard limit comes before the claim lease runs out, so no second
+        worker can take a delivery still being sent; the soft one leaves time
+        to record the failure (``notifier.budget.time_limits``).
         """
-        hard = self.notifier_claim_lease / 2
-        return hard * 0.8, hard
+        limits = self.time_limits
+        return limits.soft, limits.hard
 
     @property
     def sms_enabled(self) -> bool:
         """SMS is on only when all three Twilio settings are present."""
         return bool(self.twilio_account_sid and self.twilio_auth_token and self.twilio_phone_number)
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.4g}"
 
 
 def _is_loopback(host: str) -> bool:

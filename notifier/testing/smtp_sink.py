@@ -137,6 +137,7 @@ class _SinkHandler:
         responses: list[str],
     ) -> list[str]:
         session.host_name = hostname  # this hook takes over what aiosmtpd does without one
+        await self._sink._command_wait()
         if self._sink._pipelining:
             # aiosmtpd reads pipelined commands one line at a time anyway; it
             # just never says so. Real relays (Postfix, providers) do.
@@ -151,6 +152,7 @@ class _SinkHandler:
         address: str,
         mail_options: list[str],
     ) -> str:
+        await self._sink._command_wait()
         failure = self._sink._take_failure("mail")
         if failure is not None:
             return failure
@@ -166,6 +168,7 @@ class _SinkHandler:
         address: str,
         rcpt_options: list[str],
     ) -> str:
+        await self._sink._command_wait()
         failure = self._sink._take_failure("rcpt") or self._sink._rejection(address)
         if failure is not None:
             return failure
@@ -240,7 +243,9 @@ class SmtpSink(Recorder[ReceivedEmail]):
     there as ``<n>-<first recipient>.eml`` (``n`` counts from 1 for the life
     of the sink; characters other than letters, digits and ``@._+-`` become
     ``_``) and :attr:`ReceivedEmail.path` points at it. ``delay`` seconds are
-    slept before answering each DATA, like a slow server.
+    slept before answering each DATA, like a slow server; ``command_delay``
+    seconds before answering each EHLO, MAIL and RCPT, like a server slow
+    at every step.
 
     The sink restarts cleanly after :meth:`stop` (same port). Idle client
     connections are dropped by aiosmtpd after 300 seconds.
@@ -263,6 +268,7 @@ class SmtpSink(Recorder[ReceivedEmail]):
         credentials: tuple[str, str] | None = None,
         eml_dir: pathlib.Path | None = None,
         delay: float = 0.0,
+        command_delay: float = 0.0,
         pipelining: bool = True,
         smtputf8: bool = True,
     ) -> None:
@@ -270,8 +276,8 @@ class SmtpSink(Recorder[ReceivedEmail]):
             raise ValueError("require_starttls needs a starttls_context")
         if starttls_context is not None and implicit_tls_context is not None:
             raise ValueError("choose STARTTLS or implicit TLS, not both")
-        if delay < 0:
-            raise ValueError("delay must not be negative")
+        if delay < 0 or command_delay < 0:
+            raise ValueError("delays must not be negative")
         self._host = host
         self._port = port if port is not None else free_port(host)
         self._starttls_context = starttls_context
@@ -280,6 +286,7 @@ class SmtpSink(Recorder[ReceivedEmail]):
         self._credentials = credentials
         self._eml_dir = eml_dir
         self._delay = delay
+        self._command_delay = command_delay
         self._pipelining = pipelining
         self._smtputf8 = smtputf8
 
@@ -354,6 +361,12 @@ class SmtpSink(Recorder[ReceivedEmail]):
         with self._cond:
             self._connections = connections_before
         self._controller = controller
+
+    @property
+    def bodies_received(self) -> int:
+        """Whole messages that arrived, answered or not (a client may give up waiting)."""
+        with self._cond:
+            return self._bodies_received
 
     def wait_for_bodies(self, count: int, timeout: float = 10.0) -> None:
         """Block until ``count`` whole messages have arrived, answered or not.
@@ -448,6 +461,10 @@ class SmtpSink(Recorder[ReceivedEmail]):
         with self._cond:
             self._connections += 1
             return self._connections
+
+    async def _command_wait(self) -> None:
+        if self._command_delay > 0:
+            await asyncio.sleep(self._command_delay)
 
     def _take_failure(self, stage: str) -> str | None:
         with self._cond:

@@ -52,6 +52,9 @@ def settings_for(
             "twilio_auth_token": twilio.auth_token,
             "twilio_phone_number": TWILIO_NUMBER,
             "twilio_api_base_url": twilio.base_url,
+            # Local servers: short enough that login plus a fallback fit the
+            # default time limits (notifier/budget.py).
+            "mail_timeout": 4,
             "notifier_retry_backoff_base": 0.05,
             "notifier_retry_backoff_max": 0.2,
             "notifier_retry_max_attempts": 3,

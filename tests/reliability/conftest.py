@@ -5,9 +5,9 @@ prefork, two processes), configured only through the environment, and then
 breaks something for real: SIGKILL, SIGTERM, a Redis restart, an SMTP outage.
 Whatever a test starts is stopped in teardown, whatever happened.
 
-Timing: the production defaults (visibility timeout 1800 s, claim lease 300 s)
-are scaled down so a killed worker's messages come back within seconds
-(``FAST``). Every relation the settings check still holds.
+Timing: the production defaults (visibility timeout 280 s, claim lease 140 s,
+MAIL_TIMEOUT 10 s) are scaled down so a killed worker's messages come back
+within seconds (``FAST``). Every relation the settings check still holds.
 """
 
 from __future__ import annotations
@@ -61,21 +61,25 @@ UNACKED = "unacked"
 
 FAST: dict[str, str] = {
     # A killed worker's messages come back 14 s after it took them (plus a
-    # sweep: every second at this timeout); a crashed claim frees after 8 s.
+    # sweep: every second at this timeout); a crashed claim frees after 6 s.
     "NOTIFIER_VISIBILITY_TIMEOUT": "14",
-    "NOTIFIER_CLAIM_LEASE": "8",  # hence task time limits of 3.2 s (soft) and 4 s (hard)
+    "NOTIFIER_CLAIM_LEASE": "6",  # hence task time limits of 5.4 s (soft) and 5.7 s (hard)
     "NOTIFIER_RETRY_MAX_ATTEMPTS": "3",
     "NOTIFIER_RETRY_BACKOFF_BASE": "0.2",
     "NOTIFIER_RETRY_BACKOFF_MAX": "1",
-    "MAIL_TIMEOUT": "3",
+    # One attempt to the plain sink waits 9 times at worst (notifier/budget.py):
+    # 4.5 s, inside the 5.1 s the time limits leave for a send.
+    "MAIL_TIMEOUT": "0.5",
 }
 
 # For tests that kill single pool processes. Celery notices a dead pool process
-# at once, usually, or at its pool check every 5 s: the hard time limit (7 s
+# at once, usually, or at its pool check every 5 s: the hard time limit (15.2 s
 # here) must come later, or it acts first and dead-letters the task instead.
+# MAIL_TIMEOUT leaves room for a sink that takes a second to answer.
 POOL_KILLS: dict[str, str] = {
-    "NOTIFIER_CLAIM_LEASE": "14",
-    "NOTIFIER_VISIBILITY_TIMEOUT": "23",
+    "NOTIFIER_CLAIM_LEASE": "16",
+    "NOTIFIER_VISIBILITY_TIMEOUT": "33",
+    "MAIL_TIMEOUT": "1.5",
 }
 
 

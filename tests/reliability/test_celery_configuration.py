@@ -19,7 +19,10 @@ from tests.reliability.conftest import FAST, retry_waits
 pytestmark = pytest.mark.reliability
 
 DEFAULTS = make_settings()
-FAST_SETTINGS = make_settings(**{name.lower(): value for name, value in FAST.items()})
+# As the fault tests' workers get them: FAST, against the plain (no TLS) sink.
+FAST_SETTINGS = make_settings(
+    mail_use_tls=False, **{name.lower(): value for name, value in FAST.items()}
+)
 
 
 def conf(**settings: Any) -> Any:
@@ -47,27 +50,28 @@ def test_a_busy_deliverys_countdown_and_its_run_end_inside_the_visibility_timeou
 ) -> None:
     soft, hard = settings.task_time_limits
     visibility = settings.notifier_visibility_timeout
-    assert settings.notifier_retry_backoff_max < visibility  # a retry's countdown
+    assert settings.notifier_retry_backoff_max + hard < visibility  # a retry's countdown, a run
     # A delivery another worker holds waits out the lease, then runs.
     assert settings.notifier_claim_lease + 1 + hard < visibility
     assert soft < hard < settings.notifier_claim_lease  # a claim never expires under a send
 
 
 def test_settings_refuse_a_visibility_timeout_a_busy_deliverys_countdown_would_outlast() -> None:
-    with pytest.raises(ConfigurationError, match="NOTIFIER_CLAIM_LEASE"):
-        make_settings(notifier_visibility_timeout=451, notifier_retry_backoff_max=60)
-    assert make_settings(notifier_visibility_timeout=452, notifier_retry_backoff_max=60)
+    # The default lease of 140 s, then the hard time limit of 135 s.
+    with pytest.raises(ConfigurationError, match=r"NOTIFIER_CLAIM_LEASE \+ 1"):
+        make_settings(notifier_visibility_timeout=276, notifier_retry_backoff_max=60)
+    assert make_settings(notifier_visibility_timeout=277, notifier_retry_backoff_max=60)
 
 
-def test_time_limits_are_120_and_150_seconds_by_default_and_apply_to_every_task() -> None:
+def test_time_limits_are_130_and_135_seconds_by_default_and_apply_to_every_task() -> None:
     config = conf()
-    assert DEFAULTS.task_time_limits == (120, 150)
-    assert (config.task_soft_time_limit, config.task_time_limit) == (120, 150)
+    assert DEFAULTS.task_time_limits == (130, 135)
+    assert (config.task_soft_time_limit, config.task_time_limit) == (130, 135)
 
 
 @pytest.mark.parametrize(
     ("visibility", "lease", "interval"),
-    [(1800, 300, 60), (7200, 300, 60), (600, 300, 20), (12, 6, 1), (5, 2, 1)],
+    [(1800, 300, 60), (7200, 300, 60), (600, 280, 20), (280, 140, 9), (14, 6, 1), (5, 2, 1)],
 )
 def test_a_dead_workers_messages_are_swept_back_within_a_thirtieth_of_the_timeout(
     visibility: int, lease: int, interval: int
@@ -76,6 +80,7 @@ def test_a_dead_workers_messages_are_swept_back_within_a_thirtieth_of_the_timeou
         notifier_visibility_timeout=visibility,
         notifier_retry_backoff_max=1,
         notifier_claim_lease=lease,
+        mail_timeout=0.1,  # one send fits the time limits of the shortest lease here
     )
     options = config.broker_transport_options
     assert options["unacked_restore_interval"] == interval

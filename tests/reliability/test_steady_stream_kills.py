@@ -25,7 +25,7 @@ SHORT = Scenario(
     # conftest's FAST timings: a dead worker's messages return 14 s (plus a
     # 1 s sweep) after they were taken, so well inside the drain.
     visibility_timeout=14,
-    claim_lease=8,
+    claim_lease=6,
     drain_timeout=25.0,
     # Each kill lands 1 ms before a publish, so the next message reaches Redis
     # while the dead worker's BRPOP is still registered there (Redis dropped

@@ -143,6 +143,7 @@ def test_with_a_fallback_one_smtp_server_down_is_only_a_warning() -> None:
             mail_fallback_server=sink.host,
             mail_fallback_port=sink.port,
             mail_fallback_use_tls=False,
+            mail_timeout=5,  # both servers' sends fit the default time limits
         )
 
         report = run_checks(settings)
@@ -200,6 +201,7 @@ def test_health_never_prints_a_secret(monkeypatch: pytest.MonkeyPatch) -> None:
         mail_use_tls=False,
         mail_username="mailer",
         mail_password=SecretStr("smtp-secret"),
+        mail_timeout=5,  # a login's waits fit the default time limits
         **TWILIO,
     )
     monkeypatch.setattr(notifier.settings, "get_settings", lambda: settings)

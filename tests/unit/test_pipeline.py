@@ -319,6 +319,92 @@ def test_queued_sms_is_sent_by_deliver(sms_world: World) -> None:
     assert sms.body.startswith("Appointment Booking Confirmation\nHello Ada Lovelace,")
 
 
+# --- the task's time budget (issue 14) ----------------------------------------------
+
+
+@dataclass
+class SteppedClock:
+    """A monotonic clock that moves only when told to."""
+
+    now: float = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class SlowSmtp(FakeSmtp):
+    """Accepts every message, each after ``seconds`` on the clock (nothing sleeps)."""
+
+    clock: SteppedClock = field(default_factory=SteppedClock)
+    seconds: float = 0.0
+
+    def send(self, message: ComposedEmail, sender: str, recipient: str) -> Receipt:
+        self.clock.now += self.seconds
+        return super().send(message, sender, recipient)
+
+
+def budgeted(world: World, seconds_per_send: float) -> tuple[Runtime, SlowSmtp]:
+    clock = SteppedClock()
+    smtp = SlowSmtp(clock=clock, seconds=seconds_per_send)
+    return dataclasses.replace(world.rt, smtp=smtp, monotonic=clock), smtp
+
+
+def test_an_email_that_might_not_end_before_the_soft_limit_goes_to_notifier_email(
+    world: World,
+) -> None:
+    # Defaults: sends must end 125 s into the task; one email may take 120 s.
+    rt, smtp = budgeted(world, seconds_per_send=10)
+
+    results = handle_event(samples.booking_created(), rt)
+
+    assert outcomes(results) == ["sent", "queued", "skipped"]
+    assert [sent.recipient for sent in smtp.sent] == ["ada@example.com"]
+    ((job, countdown),) = world.scheduler.scheduled
+    assert (job.delivery.channel, job.delivery.address, job.attempt) == (
+        "email",
+        "grace@example.com",
+        1,
+    )
+    assert countdown == 0
+    assert not rt.ledger.is_sent(job.delivery.delivery_id)  # no claim taken: deliver sends it
+
+
+def test_emails_that_fit_the_budget_are_all_sent_inline(world: World) -> None:
+    rt, smtp = budgeted(world, seconds_per_send=5)
+
+    results = handle_event(samples.booking_created(), rt)
+
+    assert outcomes(results) == ["sent", "sent", "skipped"]
+    assert len(smtp.sent) == 2
+    assert world.scheduler.scheduled == []
+
+
+def test_the_budget_counts_from_the_tasks_start(world: World) -> None:
+    rt, smtp = budgeted(world, seconds_per_send=0)
+
+    results = handle_event(samples.booking_created(), rt, started=rt.monotonic() - 6)
+
+    assert outcomes(results) == ["queued", "queued", "skipped"]
+    assert smtp.sent == []
+    assert [job.delivery.address for job, _ in world.scheduler.scheduled] == [
+        "ada@example.com",
+        "grace@example.com",
+    ]
+
+
+def test_a_handed_off_email_is_sent_once_by_deliver(world: World) -> None:
+    rt, smtp = budgeted(world, seconds_per_send=10)
+    handle_event(samples.booking_created(), rt)
+    ((job, _),) = world.scheduler.scheduled
+
+    result = deliver(job.model_dump(mode="json"), rt)
+
+    assert result is not None
+    assert result.outcome == "sent"
+    assert [sent.recipient for sent in smtp.sent] == ["ada@example.com", "grace@example.com"]
+
+
 # --- bad input ----------------------------------------------------------------------
 
 

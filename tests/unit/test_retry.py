@@ -125,6 +125,7 @@ def test_the_policy_is_read_from_the_notifier_retry_settings() -> None:
         notifier_retry_backoff_max=30,
         notifier_visibility_timeout=60,
         notifier_claim_lease=30,
+        mail_timeout=2,  # one send fits the time limits of that lease
     )
 
     assert RetryPolicy.from_settings(settings) == RetryPolicy(max_attempts=4, base=0.5, cap=30)

@@ -59,8 +59,9 @@ def settings(**values: Any) -> Settings:
         ("twilio_timeout", 10),
         ("notifier_retry_max_attempts", 8),
         ("notifier_retry_backoff_base", 5),
-        ("notifier_retry_backoff_max", 600),
-        ("notifier_visibility_timeout", 1800),
+        ("notifier_retry_backoff_max", 120),
+        ("notifier_visibility_timeout", 280),
+        ("notifier_claim_lease", 140),
         ("notifier_ledger_ttl", 604_800),
         ("notifier_template_dir", None),
         ("notifier_log_level", "INFO"),
@@ -121,7 +122,8 @@ def test_retry_settings_are_read_from_the_environment(monkeypatch: pytest.Monkey
     monkeypatch.setenv("NOTIFIER_RETRY_BACKOFF_BASE", "0.5")
     monkeypatch.setenv("NOTIFIER_RETRY_BACKOFF_MAX", "60")
     monkeypatch.setenv("NOTIFIER_VISIBILITY_TIMEOUT", "120")
-    monkeypatch.setenv("NOTIFIER_CLAIM_LEASE", "60")
+    monkeypatch.setenv("NOTIFIER_CLAIM_LEASE", "50")
+    monkeypatch.setenv("MAIL_TIMEOUT", "3")
 
     loaded = Settings()
 
@@ -157,7 +159,12 @@ def test_implicit_tls_alone_is_accepted() -> None:
 
 @pytest.mark.parametrize(
     ("visibility", "backoff_max"),
-    [pytest.param(600, 600, id="equal"), pytest.param(300, 600, id="shorter")],
+    [
+        pytest.param(600, 600, id="equal"),
+        pytest.param(300, 600, id="shorter"),
+        # A retry's countdown, then the run after it (the hard limit, 135 s).
+        pytest.param(255, 120, id="shorter-than-the-countdown-and-its-run"),
+    ],
 )
 def test_a_visibility_timeout_not_above_the_backoff_max_is_rejected_naming_both(
     visibility: int, backoff_max: int
@@ -169,10 +176,10 @@ def test_a_visibility_timeout_not_above_the_backoff_max_is_rejected_naming_both(
     assert "NOTIFIER_RETRY_BACKOFF_MAX" in str(info.value)
 
 
-def test_a_visibility_timeout_above_the_backoff_max_is_accepted() -> None:
-    loaded = settings(notifier_visibility_timeout=601, notifier_retry_backoff_max=600)
+def test_a_visibility_timeout_above_the_backoff_max_and_a_run_is_accepted() -> None:
+    loaded = settings(notifier_visibility_timeout=736, notifier_retry_backoff_max=600)
 
-    assert loaded.notifier_visibility_timeout == 601
+    assert loaded.notifier_visibility_timeout == 736
 
 
 @pytest.mark.parametrize(
