@@ -258,9 +258,10 @@ def create_app(settings: Settings) -> NotifierCelery:
     @app.task(name=keys.DELIVER_TASK, shared=False, bind=True, base=NotifierTask)
     def deliver(self: NotifierTask, job: object) -> None:
         """Run one attempt of one delivery (retries, replays, SMS)."""
+        started = app.runtime.monotonic()  # the task's time limits count from here
         if self.poisoned((job,)):
             return
-        pipeline.deliver(job, app.runtime)
+        pipeline.deliver(job, app.runtime, started=started)
 
     _apps.add(app)
     return app

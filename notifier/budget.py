@@ -34,6 +34,20 @@ replayed, it is sent once).
 
 With a fallback provider an attempt may try both (``FailoverMailer``), so
 their waits add up.
+
+That worst case is for the docs and for sizing the lease, not a start-up
+refusal: with login or a fallback at the default ``MAIL_TIMEOUT`` it exceeds
+any lease that still returns a dead worker's messages within 5 minutes
+(docs/guarantees.md). What keeps a time limit from cutting a send the server
+holds is the task's own deadline (``hand_over_deadline``): the pipeline
+passes it to the mailer with the delivery's, every wait before the hand-over
+is cut to it, and the message is not handed over after it. It comes one reply
+wait before the end of the time for sends, so the server's answer to a
+message handed over in time still arrives before the soft limit. An attempt
+that meets it is cut *before* the hand-over and retried. The settings check
+asks only that the time for sends holds one transaction on an open
+connection (``inline_floor``), and ``handle_event`` sends inline only while
+that much is left.
 """
 
 from __future__ import annotations
@@ -49,7 +63,10 @@ __all__ = [
     "TimeLimits",
     "email_attempt_worst_case",
     "email_waits",
+    "hand_over_by",
+    "inline_floor",
     "minimum_claim_lease",
+    "reply_wait",
     "sms_attempt_worst_case",
     "smtp_waits",
     "time_limits",
@@ -112,6 +129,27 @@ def email_attempt_worst_case(settings: Settings) -> float:
 def sms_attempt_worst_case(settings: Settings) -> float:
     """Seconds one SMS attempt can take: ``TWILIO_WAITS`` times ``TWILIO_TIMEOUT``."""
     return TWILIO_WAITS * settings.twilio_timeout
+
+
+def inline_floor(settings: Settings) -> float:
+    """The time an email needs left to be started: a transaction on an open connection."""
+    return TRANSACTION_WAITS * settings.mail_timeout
+
+
+def reply_wait(settings: Settings, channel: str) -> float:
+    """How long the provider's answer may take once the message was handed over."""
+    return settings.mail_timeout if channel == "email" else settings.twilio_timeout
+
+
+def hand_over_by(settings: Settings, channel: str, started: float) -> float:
+    """When, on the task's monotonic clock, a message must have been handed over at the latest.
+
+    ``started`` is the task's start. The time for sends ends a gap before
+    the soft limit; the last reply wait fits before that.
+    """
+    return (
+        started + time_limits(settings.notifier_claim_lease).sends - reply_wait(settings, channel)
+    )
 
 
 @dataclass(frozen=True, slots=True)

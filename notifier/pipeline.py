@@ -24,7 +24,7 @@ from notifier.channels import Receipt
 from notifier.channels.sms import segments
 from notifier.compose import compose_email, compose_sms
 from notifier.deadletter import AttemptRecord, DeadLetter, Status
-from notifier.deadlines import Deadline
+from notifier.deadlines import Deadline, earliest
 from notifier.errors import (
     AmbiguousDeliveryError,
     DeadlineExpiredError,
@@ -90,10 +90,11 @@ def handle_event(raw: object, rt: Runtime, *, started: float | None = None) -> l
     with the reasons. It is never raised back to Celery (a retry cannot fix it).
 
     ``started`` is when the task began, on ``rt.monotonic`` (default: now).
-    An email is sent inline only if its worst case (``notifier.budget``) ends
-    before the task's time for sends does; otherwise it and the emails after
-    it go to ``notifier.email`` as first attempts, so the soft time limit never
-    cuts a send the server may already hold (issue 14).
+    Every send carries the task's deadline (``notifier.budget``), so the soft
+    time limit never cuts a send the server may already hold (issue 14). An
+    email is sent inline only while one transaction on an open connection
+    still fits before that deadline; otherwise it and the emails after it go
+    to ``notifier.email`` as first attempts, each with a task of its own.
     """
     started = rt.monotonic() if started is None else started
     if not isinstance(raw, dict):
@@ -108,8 +109,9 @@ def handle_event(raw: object, rt: Runtime, *, started: float | None = None) -> l
     get_logger().debug("event.accepted", event_id=str(event.event_id), type=event.type)
     rt.metrics.record_event(event.type)
     outcomes = []
-    sends_end = started + rt.settings.time_limits.sends
-    worst_email = budget.email_attempt_worst_case(rt.settings)
+    last_start = budget.hand_over_by(rt.settings, "email", started) - budget.inline_floor(
+        rt.settings
+    )
     handing_off = False
     for delivery in plan(event):
         job = Job(delivery=delivery)
@@ -123,14 +125,14 @@ def handle_event(raw: object, rt: Runtime, *, started: float | None = None) -> l
             _log_outcome(rt, job, "queued")
             outcomes.append(Outcome(delivery.delivery_id, "queued"))
             continue
-        handing_off = handing_off or rt.monotonic() + worst_email > sends_end
+        handing_off = handing_off or rt.monotonic() > last_start
         if handing_off:
             # A deliver task on notifier.email has the whole of its own time for it.
             rt.scheduler.schedule(job, countdown=0)
             _log_outcome(rt, job, "queued", reason="task time budget")
             outcomes.append(Outcome(delivery.delivery_id, "queued"))
             continue
-        outcomes.append(run_job(job, rt))
+        outcomes.append(run_job(job, rt, started=started))
     return outcomes
 
 
@@ -148,18 +150,19 @@ def reject(raw: object, errors: list[str], rt: Runtime) -> None:
     _alert_if_crowded(rt)
 
 
-def deliver(raw_job: object, rt: Runtime) -> Outcome | None:
+def deliver(raw_job: object, rt: Runtime, *, started: float | None = None) -> Outcome | None:
     """Run the job given to ``notifier.deliver`` (a retry, a replay or an SMS).
 
     A job that is not what its event calls for is rejected before anything
-    else happens: no claim is taken, nothing is rendered.
+    else happens: no claim is taken, nothing is rendered. ``started``: the
+    task's start on ``rt.monotonic`` (default: now), as for ``handle_event``.
     """
     try:
         job = parse_job(raw_job, allow_special_domains=rt.settings.notifier_allow_special_domains)
     except InvalidEventError as exc:
         reject(raw_job, ["notifier.deliver job: " + message for message in exc.errors], rt)
         return None
-    return run_job(job, rt)
+    return run_job(job, rt, started=started)
 
 
 # Every field of a delivery but the event it carries: where, what and until when.
@@ -211,9 +214,14 @@ def _planned(event: Event, delivery_id: str) -> Delivery | None:
     return None
 
 
-def run_job(job: Job, rt: Runtime) -> Outcome:
-    """One attempt of one delivery, guarded by the idempotency ledger."""
+def run_job(job: Job, rt: Runtime, *, started: float | None = None) -> Outcome:
+    """One attempt of one delivery, guarded by the idempotency ledger.
+
+    ``started``: the task's start on ``rt.monotonic`` (default: now); the
+    send must hand its message over by the task's deadline (``notifier.budget``).
+    """
     delivery = job.delivery
+    started = rt.monotonic() if started is None else started
     now = rt.clock()
     deadline = _deadline(delivery, rt)
     if deadline is not None and deadline.expired():
@@ -265,7 +273,7 @@ def run_job(job: Job, rt: Runtime) -> Outcome:
         return Outcome(delivery.delivery_id, "deferred")
 
     try:
-        receipt = _send(delivery, rt, now)
+        receipt = _send(delivery, rt, now, started)
     except NotifierError as exc:
         rt.ledger.release(delivery.delivery_id, claim)
         return _failed(job, rt, exc, exempt=exempt)
@@ -280,6 +288,12 @@ def _with_leave(job: Job, exempt: bool, rt: Runtime) -> Job:
     return job.model_copy(update={"replay_grant": grant})
 
 
+def _task_deadline(channel: str, rt: Runtime, started: float) -> Deadline:
+    """The latest instant this task may hand a message over (``notifier.budget``)."""
+    left = budget.hand_over_by(rt.settings, channel, started) - rt.monotonic()
+    return Deadline.after(left, rt.clock, name="the task's time for sends")
+
+
 def _deadline(delivery: Delivery, rt: Runtime) -> Deadline | None:
     """The instant after which this delivery must not be sent (a reset link's expiry)."""
     if not delivery.not_after:
@@ -287,10 +301,12 @@ def _deadline(delivery: Delivery, rt: Runtime) -> Deadline | None:
     return Deadline(datetime.fromisoformat(delivery.not_after), rt.clock, name="its deadline")
 
 
-def _send(delivery: Delivery, rt: Runtime, now: datetime) -> Receipt:
+def _send(delivery: Delivery, rt: Runtime, now: datetime, started: float) -> Receipt:
     # The channels hold the deadline during the send too: every wait is cut to
     # the time left, and the message is not handed over once it has passed.
-    deadline = _deadline(delivery, rt)
+    # Whichever comes first: the delivery's own (a reset link's expiry) or the
+    # task's, which keeps the soft time limit off a send the server holds.
+    deadline = earliest(_deadline(delivery, rt), _task_deadline(delivery.channel, rt, started))
     context = rt.renderer.context(delivery, now)
     if delivery.channel == "email":
         if delivery.fallback_for:

@@ -151,28 +151,28 @@ class Settings(BaseSettings):
         return self
 
     def _sends_fit(self, limits: budget.TimeLimits) -> None:
-        """Refuse a time limit that could cut a send the server already holds (issue 14).
+        """Refuse time limits too short for one send on an open connection (issue 14).
 
-        Messages name settings and seconds derived from them, never a value of
-        a secret.
+        A slower attempt (a new connection, TLS, login, a fallback) is cut by
+        the task's deadline before its message is handed over and retried
+        (``notifier.budget``); one that cannot even carry a transaction on an
+        open connection would never send at all. Messages name settings and
+        seconds derived from them, never a value of a secret.
         """
-        email = budget.email_attempt_worst_case(self)
-        if email > limits.sends:
-            waits = budget.email_waits(self)
-            # + 1 s: the event's own work before its first send.
-            lease = math.ceil(budget.minimum_claim_lease(email)) + 1
+        floor = budget.inline_floor(self)
+        if floor > limits.sends:
+            timeout = math.floor(limits.sends / budget.TRANSACTION_WAITS * 100) / 100
+            lease = math.ceil(budget.minimum_claim_lease(floor)) + 1
             visibility = budget.visibility_floor(lease, self.notifier_retry_backoff_max)
-            providers = "MAIL_SERVER"
-            if self.mail_fallback_server:
-                providers += " and MAIL_FALLBACK_SERVER"
             raise ValueError(
-                f"one email attempt can take {_seconds(email)} s at worst ({waits} waits of "
-                f"MAIL_TIMEOUT on {providers}: connecting, TLS, login and the transaction, "
-                "notifier/budget.py), but the task time limits from NOTIFIER_CLAIM_LEASE leave "
-                f"{_seconds(limits.sends)} s for it: lower MAIL_TIMEOUT to "
-                f"{math.floor(limits.sends / waits * 100) / 100:g} s or less, or raise "
-                f"NOTIFIER_CLAIM_LEASE to {lease} s or more and NOTIFIER_VISIBILITY_TIMEOUT "
-                f"above {math.floor(visibility)} s (a dead worker's messages then return later)"
+                f"one SMTP transaction can take {_seconds(floor)} s at worst "
+                f"({budget.TRANSACTION_WAITS} waits of MAIL_TIMEOUT: MAIL, RCPT, DATA, the "
+                "message, its reply; notifier/budget.py), but the task time limits from "
+                f"NOTIFIER_CLAIM_LEASE leave {_seconds(limits.sends)} s for sends: lower "
+                f"MAIL_TIMEOUT to {timeout:g} s or less, or raise NOTIFIER_CLAIM_LEASE to "
+                f"{lease} s or more and "
+                f"NOTIFIER_VISIBILITY_TIMEOUT above {math.floor(visibility)} s "
+                "(a dead worker's messages then return later)"
             )
         sms = budget.sms_attempt_worst_case(self)
         if self.sms_enabled and sms > limits.sends:

@@ -3,11 +3,11 @@
 A real worker (prefork, two processes) against a real SMTP server that is slow
 at every step, each reply well inside MAIL_TIMEOUT. ``handle_event`` sends a
 booking's two emails one after another: before the send budget, the soft time
-limit (then 0.4 x the lease) fell while the server held the second message
-and was about to accept it, and the whole event was dead-lettered as
-``failed``: a replay would send that email a second time. Now the second
-email, whose worst case no longer fits in what is left of the task's time,
-goes to ``notifier.email`` and is delivered once by a task of its own.
+limit (then 0.4 x the lease) fell in the middle of the second one, and the
+whole event was dead-lettered as ``failed``: a replay would send the first
+email a second time. Now the second email, for which less than a transaction's
+time is left before the task's deadline, goes to ``notifier.email`` and is
+delivered once by a task of its own.
 """
 
 from __future__ import annotations
@@ -32,19 +32,20 @@ from tests.reliability.conftest import (
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]
 
 # Lease 30 s: time limits 27 s (soft) and 28.5 s (hard), sends must end by
-# 25.5 s; one email to this plain server waits 9 times at worst (2.7 s each:
-# 24.3 s), so the first goes inline if it starts within 1.2 s. The old limits
-# for this lease were 12 s and 15 s.
+# 25.5 s, so a message must be handed over by 22.8 s (one 2.7 s reply wait
+# before); an email is started inline only with a transaction's 13.5 s
+# (5 waits of MAIL_TIMEOUT) still left, so up to 9.3 s into the task. The old
+# limits for this lease were 12 s and 15 s.
 SCALED = {
     "NOTIFIER_CLAIM_LEASE": "30",
     "NOTIFIER_VISIBILITY_TIMEOUT": "60",
     "MAIL_TIMEOUT": "2.7",
 }
-# Each EHLO, MAIL and RCPT is answered after 1.75 s, the message after 2.2 s:
-# the first email takes about 7.5 s; the second one's message is handed over
-# about 11 s into the task and answered about 13 s in, astride the old 12 s.
-COMMAND_DELAY = 1.75
-DATA_DELAY = 2.2
+# Each EHLO, MAIL and RCPT is answered after 2.4 s, the message after 2.5 s:
+# the first email takes about 9.7 s, past the 9.3 s; before the send budget the
+# second one's message was still on its way when the old 12 s soft limit fell.
+COMMAND_DELAY = 2.4
+DATA_DELAY = 2.5
 
 
 @pytest.fixture

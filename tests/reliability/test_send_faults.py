@@ -22,7 +22,7 @@ from tests.smtp_faults import FaultySmtpServer
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]
 
 # Task time limits far beyond the waits here: the deadline, not a time limit, must end them.
-LONG_TASKS = {"NOTIFIER_CLAIM_LEASE": "40", "NOTIFIER_VISIBILITY_TIMEOUT": "70"}
+LONG_TASKS = {"NOTIFIER_CLAIM_LEASE": "60", "NOTIFIER_VISIBILITY_TIMEOUT": "130"}
 
 
 def point_at(system: System, server: FaultySmtpServer, **overrides: str) -> None:
