@@ -1,0 +1,162 @@
+"""Redis fills up (``maxmemory`` reached, ``noeviction``) under a running worker, then frees.
+
+A dedicated ``redis-server`` is given a small ``maxmemory`` while a worker
+sends a stream of emails, and a big key takes the rest: every write that
+could grow memory is refused with ``OOM``. The worker must stay up, hold
+or return its messages, back off (few commands a second against the full
+Redis), and say "full" through health and metrics; once the key is gone,
+everything accepted must be delivered, with duplicates only for the sends
+in flight, each of them logged.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import urllib.request
+from collections.abc import Callable
+
+import pytest
+import redis
+
+from notifier.app import create_app
+from notifier.client import publish
+from notifier.errors import PublishError
+from notifier.health import check_redis
+from notifier.testing import free_port, make_settings
+from tests import samples
+from tests.polling import eventually
+from tests.reliability.conftest import (
+    WORKER_PROCESSES,
+    RedisServer,
+    System,
+    event_batch,
+    planned_emails,
+    report,
+)
+
+pytestmark = [pytest.mark.reliability, pytest.mark.integration]
+
+FILLER = "test:filler"
+FILLER_BYTES = 4 * 1024 * 1024
+# Commands a second the whole deployment may send a full Redis: a backing-off
+# worker (one pause command a second per channel, a restore try, a sweep and
+# Celery's own heartbeat traffic) stays far below; a hot loop does thousands.
+MAX_COMMANDS_PER_SECOND_WHILE_FULL = 60
+
+
+def fill(client: redis.Redis) -> None:
+    """Set ``maxmemory`` just above what is used, then take the rest with one big key.
+
+    In chunks: a client's query buffer counts as used memory, so one big SET
+    would be refused before it ran.
+    """
+    used = int(client.info("memory")["used_memory"])
+    client.config_set("maxmemory", used + FILLER_BYTES)
+    chunk = b"x" * 65536
+    for _ in range(4 * FILLER_BYTES // len(chunk)):
+        try:
+            client.append(FILLER, chunk)
+        except redis.exceptions.OutOfMemoryError:
+            return
+    pytest.fail("Redis did not fill up")
+
+
+def commands_per_second(client: redis.Redis, seconds: float = 3.0) -> float:
+    """Commands Redis processed per second over ``seconds``, our own two INFOs excluded."""
+    before = int(client.info("stats")["total_commands_processed"])
+    time.sleep(seconds)  # a rate over real time: there is no clock to inject into Redis
+    after = int(client.info("stats")["total_commands_processed"])
+    return (after - before - 1) / seconds
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return str(response.read().decode())
+
+
+def gauge(text: str, name: str) -> float | None:
+    match = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else None
+
+
+def sent_log_lines(log: str) -> list[dict[str, object]]:
+    """The worker's ``delivery.sent`` records (JSON lines)."""
+    lines = []
+    for line in log.splitlines():
+        if '"delivery.sent"' not in line:
+            continue
+        try:
+            record = json.loads(line[line.index("{") :])
+        except ValueError:
+            continue
+        if record.get("event") == "delivery.sent":
+            lines.append(record)
+    return lines
+
+
+def test_a_full_redis_keeps_the_worker_up_and_everything_is_delivered_once_freed(
+    redis_server: RedisServer, make_system: Callable[[str], System]
+) -> None:
+    system = make_system(redis_server.url)
+    metrics_port = free_port()
+    system.configure(NOTIFIER_METRICS_PORT=str(metrics_port))
+    events = event_batch(240, tag="full-")
+    planned = planned_emails(events)
+    worker = system.worker().wait_ready()
+    admin = redis.Redis.from_url(redis_server.url)
+    app = create_app(make_settings(redis_url=redis_server.url))
+    try:
+        system.publish(events)  # returned: every one accepted
+        eventually(lambda: len(system.sink.messages) >= 30, 60, "sends under way")
+
+        fill(admin)
+        filled_at = time.monotonic()
+        with pytest.raises(PublishError) as refused:
+            publish(samples.user_registered(), app=app)
+
+        time.sleep(4)  # let the worker run into the full Redis for a while
+        rate = commands_per_second(admin)
+        assert worker.running(), f"the worker exited:\n{worker.log_tail()}"
+        health = check_redis(admin, "the test's redis")
+        oom = eventually(
+            lambda: gauge(scrape(metrics_port), "notifier_redis_oom"), 10, "the OOM gauge"
+        )
+        memory = gauge(scrape(metrics_port), "notifier_redis_memory_used_bytes")
+        delivered_while_full = len(system.sink.messages)
+
+        admin.delete(FILLER)  # memory freed; maxmemory stays where it was
+        freed_at = time.monotonic()
+        tally = system.settle(planned, timeout=90)
+        settled_after = time.monotonic() - freed_at
+    finally:
+        app.close()
+        admin.close()
+
+    unrecorded = [r for r in sent_log_lines(worker.log()) if r.get("recorded") is False]
+    logged = {str(r.get("delivery_id")) for r in unrecorded}
+    report(
+        "redis full",
+        **tally.figures(),
+        seconds_full=round(freed_at - filled_at, 1),
+        delivered_while_full=delivered_while_full,
+        commands_per_second_while_full=round(rate, 1),
+        sends_unrecorded=len(unrecorded),
+        seconds_to_settle_after_free=round(settled_after, 1),
+    )
+    assert worker.running(), f"the worker exited:\n{worker.log_tail()}"
+    assert rate <= MAX_COMMANDS_PER_SECOND_WHILE_FULL, f"{rate:.0f} commands/s against full Redis"
+    assert health.status == "fail", health
+    assert "full" in health.detail, health
+    assert oom == 1.0
+    assert memory is not None
+    assert memory > FILLER_BYTES
+    assert "Redis refused the event" in str(refused.value)
+    assert "it was not published" in str(refused.value)
+    assert tally.lost == set()
+    assert tally.strangers == set()
+    # The only duplicates: sends the SMTP server accepted while the ledger could
+    # not record them, at most one per pool process, and each one logged.
+    assert tally.duplicates <= WORKER_PROCESSES
+    assert tally.duplicated <= logged
