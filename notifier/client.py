@@ -137,15 +137,20 @@ def publish_many(
     return ids
 
 
-def _positions(indexes: Sequence[int]) -> str:
-    """``0-3, 7, 9-10``: 0-based positions in the call, as runs."""
+def _events(indexes: Sequence[int], verb: str = "") -> str:
+    """``events 0-3, 7 were`` / ``event 4 was``: 0-based positions in the call, as runs."""
     runs: list[list[int]] = []
     for index in indexes:
         if runs and index == runs[-1][1] + 1:
             runs[-1][1] = index
         else:
             runs.append([index, index])
-    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs)
+    text = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs)
+    one = len(indexes) == 1
+    noun = "event" if one else "events"
+    if verb:
+        return f"{noun} {text} {'was' if one else 'were'} {verb}"
+    return f"{noun} {text}"
 
 
 def _why(error: BaseException) -> str:
@@ -165,10 +170,10 @@ def _refused(ids: list[str], done: int, exc: PublishRefused) -> PublishError:
     if len(ids) == 1:
         message = f"Redis refused the event ({why}): it was not published"
     else:
-        taken = f"events {_positions(published)} were published" if published else "none was"
+        taken = _events(published, "published") if published else "none was published"
         message = (
-            f"Redis refused {len(refused)} of {len(ids)} events ({why}): {taken}; events "
-            f"{_positions(refused)} were not published (0-based positions). Publishing them "
+            f"Redis refused {len(refused)} of {len(ids)} events ({why}): {taken}; "
+            f"{_events(refused, 'not published')} (0-based positions). Publishing them "
             "again is safe (same event_id, one notification)"
         )
     return PublishError(
@@ -187,10 +192,10 @@ def _uncertain(ids: list[str], done: int, end: int, exc: BaseException) -> Publi
             "published; publishing it again is safe (same event_id, one notification)"
         )
     else:
-        parts = [f"events {_positions(range(0, done))} were published"] if done else []
-        parts.append(f"events {_positions(range(done, end))} may or may not have been published")
+        parts = [_events(range(0, done), "published")] if done else []
+        parts.append(f"{_events(range(done, end))} may or may not have been published")
         if end < len(ids):
-            parts.append(f"events {_positions(range(end, len(ids)))} were not published")
+            parts.append(_events(range(end, len(ids)), "not published"))
         message = (
             f"broker did not accept the events ({why}): {'; '.join(parts)} (0-based "
             "positions). Publishing them again is safe (same event_id, one notification)"

@@ -20,8 +20,9 @@ from collections.abc import Callable
 import pytest
 import redis
 
+from notifier import keys
 from notifier.app import create_app
-from notifier.client import publish
+from notifier.client import publish, publish_many
 from notifier.errors import PublishError
 from notifier.health import check_redis
 from notifier.testing import free_port, make_settings
@@ -35,9 +36,11 @@ from tests.reliability.conftest import (
     planned_emails,
     report,
 )
+from tests.reliability.test_redis_faults import body_event_id
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]
 
+EVENTS = keys.EVENTS_QUEUE
 FILLER = "test:filler"
 FILLER_BYTES = 4 * 1024 * 1024
 # Commands a second the whole deployment may send a full Redis: a backing-off
@@ -160,3 +163,62 @@ def test_a_full_redis_keeps_the_worker_up_and_everything_is_delivered_once_freed
     # not record them, at most one per pool process, and each one logged.
     assert tally.duplicates <= WORKER_PROCESSES
     assert tally.duplicated <= logged
+
+
+def queued_event_ids(client: redis.Redis) -> list[str]:
+    """The event_ids waiting on notifier.events, oldest first."""
+    return [body_event_id(json.loads(raw)) for raw in reversed(client.lrange(EVENTS, 0, -1))]
+
+
+def test_publish_many_into_a_filling_redis_names_exactly_the_events_it_took(
+    redis_server: RedisServer,
+) -> None:
+    admin = redis.Redis.from_url(redis_server.url)
+    app = create_app(make_settings(redis_url=redis_server.url))
+    events = [samples.user_registered() for _ in range(300)]
+    try:
+        publish(samples.user_registered(), app=app)  # queue declared, connection warm
+        admin.delete(EVENTS)
+        # Room for some dozens of events (about 1.5 KB each), not for 300.
+        admin.config_set("maxmemory", int(admin.info("memory")["used_memory"]) + 150_000)
+        with pytest.raises(PublishError) as refused:
+            publish_many(events, app=app, batch_size=50)
+        queued = queued_event_ids(admin)
+    finally:
+        app.close()
+        admin.close()
+
+    error = refused.value
+    ids = [event["event_id"] for event in events]
+    taken = len(error.published)
+    report("publish_many into a full redis", events=len(ids), published=taken)
+    assert 0 < taken < len(ids)
+    assert error.published == queued == ids[:taken]
+    assert error.not_published == ids[taken:]
+    assert error.uncertain == []
+    assert f"events 0-{taken - 1} were published" in str(error)
+    assert f"events {taken}-{len(ids) - 1} were not published" in str(error)
+    assert "Redis is full" in str(error)
+
+
+def test_a_single_publish_refused_by_a_full_redis_says_it_was_not_published(
+    redis_server: RedisServer,
+) -> None:
+    admin = redis.Redis.from_url(redis_server.url)
+    app = create_app(make_settings(redis_url=redis_server.url))
+    event = samples.user_registered()
+    try:
+        publish(samples.user_registered(), app=app)
+        admin.delete(EVENTS)
+        fill(admin)
+        with pytest.raises(PublishError) as refused:
+            publish(event, app=app)
+        queued = queued_event_ids(admin)
+    finally:
+        app.close()
+        admin.close()
+
+    assert str(refused.value).startswith("Redis refused the event (OutOfMemoryError")
+    assert str(refused.value).endswith("Redis is full (maxmemory reached)): it was not published")
+    assert refused.value.not_published == [event["event_id"]]
+    assert queued == []
