@@ -31,7 +31,7 @@ from notifier import keys
 from notifier.errors import InvalidEventError, PublishError
 from notifier.events import parse_event
 from notifier.settings import Settings, get_settings
-from notifier.transport import PublishRefused
+from notifier.transport import PublishRefused, RedisRefusingWrites
 
 __all__ = ["DEFAULT_BATCH_SIZE", "EventLike", "prepare", "publish", "publish_many"]
 
@@ -155,7 +155,7 @@ def _events(indexes: Sequence[int], verb: str = "") -> str:
 
 def _why(error: BaseException) -> str:
     text = f"{type(error).__name__}: {error}"
-    if isinstance(error, redis.exceptions.OutOfMemoryError) or "OOM" in str(error):
+    if isinstance(error, redis.exceptions.OutOfMemoryError) or "maxmemory" in str(error):
         text += "; Redis is full (maxmemory reached)"
     return text
 
@@ -253,6 +253,11 @@ def _pipeline(app: Celery, producer: Any, payloads: Sequence[dict[str, Any]]) ->
     # pipeline, flushed when the block ends; an error inside discards the rest.
     # Transports (or retry_on_timeout settings) that cannot batch safely fall
     # back to publishing each message at once: slower, still correct.
+    # As kombu decides whether Producer.batch really batches (kombu/messaging.py).
+    channel = producer.channel
+    batched = hasattr(channel, "create_publish_batch") and bool(
+        getattr(channel, "supports_batch_publish", True)
+    )
     with producer.batch(max_size=len(payloads) + 1):
         for index, payload in enumerate(payloads):
             task_id = uuid()
@@ -277,6 +282,7 @@ def _pipeline(app: Celery, producer: Any, payloads: Sequence[dict[str, Any]]) ->
                 amqp.send_task_message(
                     producer, keys.HANDLE_EVENT_TASK, message, queue=queue, retry=False
                 )
-            except redis.ResponseError as exc:
-                # Not batched (kombu publishes each at once): the ones before were taken.
-                raise PublishRefused([True] * index + [False], exc) from exc
+            except (redis.ResponseError, RedisRefusingWrites) as exc:
+                # Refused here: batched, nothing of this chunk was sent yet;
+                # published one by one, the ones before it were taken.
+                raise PublishRefused([not batched] * index + [False], exc) from exc

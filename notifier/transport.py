@@ -54,6 +54,7 @@ __all__ = [
     "FETCH_SCRIPT",
     "MalformedMessage",
     "PublishRefused",
+    "RedisRefusingWrites",
     "RejectedEntry",
     "RejectedHandler",
     "SentinelTransport",
@@ -128,9 +129,22 @@ PAUSE_MAX_SECONDS = 5.0
 # Written (and expiring at once) to learn whether Redis accepts writes again
 # when no refused ack or requeue is waiting to serve as the probe.
 _PROBE_KEY = f"{keys.PREFIX}transport:probe"
+# Queue bindings refused in a row in this process (a consumer starting on a
+# full Redis): each refusal waits longer before Celery starts it again.
+_bind_refusals = 0
 
 # Errors kombu's virtual Message raises on an envelope it cannot read.
 _ENVELOPE_ERRORS = (KeyError, TypeError, ValueError, AttributeError, binascii.Error)
+
+
+class RedisRefusingWrites(redis.ConnectionError):
+    """Redis refused a declaration's write (full: ``OOM``; or read-only).
+
+    A connection error on purpose: Celery's consumer recovers from those (it
+    reconnects and starts again, backing off) and stops the worker for
+    anything else. A worker started while Redis is full thus waits for room
+    instead of exiting (and crash-looping under a restart policy).
+    """
 
 
 class MalformedMessage(PermanentError):
@@ -210,7 +224,7 @@ class PublishRefused(BatchPublishError):  # type: ignore[valid-type,misc]
     message on notifier's queues) was carried out.
     """
 
-    def __init__(self, accepted: list[bool], first_error: redis.ResponseError) -> None:
+    def __init__(self, accepted: list[bool], first_error: redis.RedisError) -> None:
         refused = accepted.count(False)
         super().__init__(
             f"Redis refused {refused} of {len(accepted)} publish commands: {first_error}"
@@ -370,6 +384,8 @@ class ReliableFetch:
     priority_steps: list[int]
     brpop_timeout: float
     sep: str
+    keyprefix_queue: str
+    keyprefix_binding_permanent: str
     unacked_key: str
     unacked_index_key: str
     _in_poll: Any
@@ -387,6 +403,8 @@ class ReliableFetch:
         def conn_or_acquire(self, client: Any = None) -> Any: ...
 
         def _q_for_pri(self, queue: str, pri: int) -> str: ...
+
+        def typeof(self, exchange: str) -> Any: ...
 
     # -- kombu's hooks -----------------------------------------------------
 
@@ -449,6 +467,49 @@ class ReliableFetch:
         except ValueError as exc:
             self._move_to_rejected(queue, reply_text(reply[3]), reply[2], f"not JSON: {exc}")
             raise Empty() from exc
+
+    def _size(self, queue: str) -> int:
+        # kombu counts in a MULTI, and a full Redis refuses every command of
+        # a MULTI, reads included: a queue declaration then failed on a full
+        # Redis before its publish could be refused, or not, for itself.
+        with self.conn_or_acquire() as client, client.pipeline(transaction=False) as pipe:
+            for pri in self.priority_steps:
+                pipe.llen(self._q_for_pri(queue, pri))
+            return sum(size for size in pipe.execute() if isinstance(size, int))
+
+    def _queue_bind(self, exchange: str, routing_key: str, pattern: str, queue: str) -> None:
+        global _bind_refusals
+        if self._bound_already(exchange, routing_key, pattern, queue):
+            # kombu's SADD would change nothing, but a full Redis refuses it
+            # all the same: a producer or a restarted worker would fail on it.
+            return
+        try:
+            super()._queue_bind(exchange, routing_key, pattern, queue)  # type: ignore[misc]
+        except redis.ResponseError as exc:
+            # Celery restarts a consumer at once after a connection error (a
+            # second's rest after five): wait here first, longer each time,
+            # or a worker started on a full Redis sends it ~70 commands a second.
+            _bind_refusals += 1
+            wait = min(PAUSE_MIN_SECONDS * 2 ** (_bind_refusals - 1), PAUSE_MAX_SECONDS)
+            logger.warning(
+                "Redis refused to bind queue %r (%s); waiting %g s, then starting again",
+                queue,
+                exc,
+                wait,
+            )
+            time.sleep(wait)
+            raise RedisRefusingWrites(f"binding {queue!r} refused by Redis: {exc}") from exc
+        _bind_refusals = 0
+
+    def _bound_already(self, exchange: str, routing_key: str, pattern: str, queue: str) -> bool:
+        """Whether kombu's binding sets already hold this (plain, non-expiring) binding."""
+        if queue in getattr(self, "_expires", {}) or self.typeof(exchange).type == "fanout":
+            return False  # kombu does more than an SADD for these
+        member = self.sep.join([routing_key or "", pattern or "", queue or ""])
+        with self.conn_or_acquire() as client, client.pipeline(transaction=False) as pipe:
+            pipe.sismember(self.keyprefix_queue % (exchange,), member)
+            pipe.sismember(self.keyprefix_binding_permanent % (exchange,), member)
+            return all(pipe.execute())
 
     def create_publish_batch(self, max_size: int) -> ReportingPublishBatch:
         """kombu's producer-scoped batch, reporting refused commands one by one."""

@@ -222,3 +222,30 @@ def test_a_single_publish_refused_by_a_full_redis_says_it_was_not_published(
     assert str(refused.value).endswith("Redis is full (maxmemory reached)): it was not published")
     assert refused.value.not_published == [event["event_id"]]
     assert queued == []
+
+
+def test_a_worker_started_on_a_full_redis_waits_for_room_instead_of_exiting(
+    redis_server: RedisServer, make_system: Callable[[str], System]
+) -> None:
+    system = make_system(redis_server.url)
+    events = event_batch(20, tag="late-")
+    planned = planned_emails(events)
+    system.publish(events)
+    admin = redis.Redis.from_url(redis_server.url)
+    try:
+        fill(admin)
+        worker = system.worker()  # as a restart policy would start it: into the full Redis
+        time.sleep(6)  # long enough for several restarts of its consumer
+        rate = commands_per_second(admin)
+        alive = worker.running()
+        admin.delete(FILLER)
+        tally = system.settle(planned, timeout=60)
+    finally:
+        admin.close()
+
+    report("worker started on a full redis", **tally.figures(), commands_per_second=round(rate, 1))
+    assert alive, f"the worker exited:\n{worker.log_tail()}"
+    assert worker.running()
+    assert rate <= MAX_COMMANDS_PER_SECOND_WHILE_FULL, f"{rate:.0f} commands/s against full Redis"
+    assert tally.lost == set()
+    assert tally.duplicates == 0
