@@ -221,7 +221,8 @@ def run_checks(settings: Settings) -> Report:
     try:
         reachable = check_redis(client, describe_redis_url(settings.redis_url))
         checks = [reachable, *_smtp_checks(settings), check_twilio(settings)]
-        if reachable.status == "ok":
+        if reachable.status == "ok" or ": full: " in reachable.detail:
+            # A full Redis still answers reads: count what it holds.
             checks.append(check_dead_letters(client, settings.notifier_dlq_alert_threshold))
         else:
             # Don't wait for a second connection timeout to learn the same thing.

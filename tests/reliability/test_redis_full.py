@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Callable
 
+import kombu
 import pytest
 import redis
 
@@ -24,15 +27,17 @@ from notifier import keys
 from notifier.app import create_app
 from notifier.client import publish, publish_many
 from notifier.errors import PublishError
-from notifier.health import check_redis
 from notifier.testing import free_port, make_settings
+from notifier.transport import Transport
 from tests import samples
 from tests.polling import eventually
 from tests.reliability.conftest import (
+    UNACKED,
     WORKER_PROCESSES,
     RedisServer,
     System,
     event_batch,
+    operator_environment,
     planned_emails,
     report,
 )
@@ -84,6 +89,20 @@ def gauge(text: str, name: str) -> float | None:
     return float(match.group(1)) if match else None
 
 
+def notifier_health(redis_url: str) -> dict[str, dict[str, str]]:
+    """``notifier health --json`` as an operator runs it: the checks by name."""
+    done = subprocess.run(
+        [sys.executable, "-m", "notifier", "health", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=operator_environment(redis_url),
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr  # unhealthy
+    return {check["name"]: check for check in json.loads(done.stdout)["checks"]}
+
+
 def sent_log_lines(log: str) -> list[dict[str, object]]:
     """The worker's ``delivery.sent`` records (JSON lines)."""
     lines = []
@@ -122,7 +141,7 @@ def test_a_full_redis_keeps_the_worker_up_and_everything_is_delivered_once_freed
         time.sleep(4)  # let the worker run into the full Redis for a while
         rate = commands_per_second(admin)
         assert worker.running(), f"the worker exited:\n{worker.log_tail()}"
-        health = check_redis(admin, "the test's redis")
+        health = notifier_health(redis_server.url)
         oom = eventually(
             lambda: gauge(scrape(metrics_port), "notifier_redis_oom"), 10, "the OOM gauge"
         )
@@ -150,8 +169,9 @@ def test_a_full_redis_keeps_the_worker_up_and_everything_is_delivered_once_freed
     )
     assert worker.running(), f"the worker exited:\n{worker.log_tail()}"
     assert rate <= MAX_COMMANDS_PER_SECOND_WHILE_FULL, f"{rate:.0f} commands/s against full Redis"
-    assert health.status == "fail", health
-    assert "full" in health.detail, health
+    assert health["redis"]["status"] == "fail", health
+    assert "full" in health["redis"]["detail"], health
+    assert health["dead_letters"]["status"] == "ok", health  # still counted: reads work
     assert oom == 1.0
     assert memory is not None
     assert memory > FILLER_BYTES
@@ -249,3 +269,32 @@ def test_a_worker_started_on_a_full_redis_waits_for_room_instead_of_exiting(
     assert rate <= MAX_COMMANDS_PER_SECOND_WHILE_FULL, f"{rate:.0f} commands/s against full Redis"
     assert tally.lost == set()
     assert tally.duplicates == 0
+
+
+def test_a_requeue_a_full_redis_refuses_keeps_the_message_and_is_done_once_it_has_room(
+    redis_server: RedisServer,
+) -> None:
+    admin = redis.Redis.from_url(redis_server.url)
+    connection = kombu.Connection(redis_server.url, transport=Transport)
+    try:
+        channel = connection.channel()
+        queue = kombu.Queue("test.full", kombu.Exchange("test.full"), "test.full")
+        kombu.Producer(channel).publish(
+            {"n": 1}, exchange=queue.exchange, routing_key="test.full", declare=[queue]
+        )
+        message = queue(channel).get(no_ack=False)
+        assert message is not None
+        fill(admin)
+
+        message.reject(requeue=True)  # stock kombu: OutOfMemoryError, and the worker stops
+
+        held = (admin.llen("test.full"), admin.hlen(UNACKED), dict(channel.qos.pending))
+        admin.delete(FILLER)
+        channel.qos.retry_pending()
+        after = (admin.llen("test.full"), admin.hlen(UNACKED), dict(channel.qos.pending))
+    finally:
+        connection.release()
+        admin.close()
+
+    assert held == (0, 1, {message.delivery_tag: True})  # still in unacked: nothing lost
+    assert after == (1, 0, {})  # back on its queue
