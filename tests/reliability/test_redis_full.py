@@ -284,14 +284,15 @@ def test_a_requeue_a_full_redis_refuses_keeps_the_message_and_is_done_once_it_ha
         )
         message = queue(channel).get(no_ack=False)
         assert message is not None
+        qos = channel.qos  # type: ignore[attr-defined]  # the virtual channel's, ours
         fill(admin)
 
         message.reject(requeue=True)  # stock kombu: OutOfMemoryError, and the worker stops
 
-        held = (admin.llen("test.full"), admin.hlen(UNACKED), dict(channel.qos.pending))
+        held = (admin.llen("test.full"), admin.hlen(UNACKED), dict(qos.pending))
         admin.delete(FILLER)
-        channel.qos.retry_pending()
-        after = (admin.llen("test.full"), admin.hlen(UNACKED), dict(channel.qos.pending))
+        qos.retry_pending()
+        after = (admin.llen("test.full"), admin.hlen(UNACKED), dict(qos.pending))
     finally:
         connection.release()
         admin.close()
