@@ -25,10 +25,23 @@ too, to the list ``notifier:transport:rejected``, and handed to the
 whichever consumer takes them; entries stay in the list until the handler
 has recorded them.
 
+A Redis that refuses writes (full: ``OOM`` under ``maxmemory-policy
+noeviction``; or read-only) used to stop the worker too: kombu raised the
+refusal out of an ack, a requeue, the visibility sweep's mutex, a queue
+declaration or the shutdown restore. Here a refused ack or requeue is kept
+and tried again (the message stays in ``unacked`` meanwhile), the consumer
+stops taking messages and asks again after 1, 2, 4, then every 5 seconds,
+and a refused declaration at start-up is a connection error Celery recovers
+from. Publishing batches report which messages Redis took
+(``PublishRefused``), so a producer can say exactly what was published.
+
 Selected with Celery's ``broker_transport`` (``celeryconfig.build``):
 ``Transport`` for ``redis://`` and ``SentinelTransport`` for ``sentinel://``.
 Written against kombu 5.7 (pinned in pyproject.toml): it overrides
-``Channel._brpop_start``, ``_brpop_read`` and ``_get``, and ``QoS.append``.
+``Channel._brpop_start``, ``_brpop_read``, ``_get``, ``_size``,
+``_queue_bind`` and ``create_publish_batch``, ``PublishBatch.flush``, and
+``QoS.append``, ``ack``, ``reject``, ``restore_unacked`` and
+``restore_visible``.
 """
 
 from __future__ import annotations
@@ -516,11 +529,6 @@ class ReliableFetch:
         return ReportingPublishBatch(self, max_size)
 
     # -- ours ---------------------------------------------------------------
-
-    @property
-    def refusing_writes(self) -> bool:
-        """True while Redis refuses this channel's writes (full or read-only) and it backs off."""
-        return self._paused
 
     def back_off(self, exc: redis.ResponseError, what: str) -> None:
         """Redis refused a write (``what``): stop fetching, and ask again after a longer pause.
