@@ -435,6 +435,8 @@ def _log_outcome(rt: Runtime, job: Job, outcome: OutcomeName, **fields: object) 
     delivery = job.delivery
     rt.metrics.record_delivery(delivery.channel, delivery.event_type, outcome)
     level = "warning" if outcome in ("retried", "dead", "rate_limited") else "info"
+    if fields.get("recorded") is False:
+        level = "warning"  # a send the ledger missed: it will be repeated
     getattr(get_logger(), level)(
         f"delivery.{outcome}",
         event_id=delivery.event_id,

@@ -301,6 +301,7 @@ def test_a_send_the_ledger_cannot_record_is_logged_as_sent_and_unrecorded(world:
     assert len(world.smtp.sent) == 1
     (sent,) = [line for line in logs if line["event"] == "delivery.sent"]
     assert sent["recorded"] is False
+    assert sent["log_level"] == "warning"
     assert sent["error"].startswith("OutOfMemoryError: ")
     assert sent["provider_id"] == "1"
 
