@@ -31,6 +31,7 @@ from notifier import keys
 from notifier.errors import InvalidEventError, PublishError
 from notifier.events import parse_event
 from notifier.settings import Settings, get_settings
+from notifier.transport import PublishRefused, RedisRefusingWrites
 
 __all__ = ["DEFAULT_BATCH_SIZE", "EventLike", "prepare", "publish", "publish_many"]
 
@@ -97,9 +98,12 @@ def publish_many(
 
     If any event is invalid nothing is published; the error names each bad
     event by its position (0-based). Messages go out in Redis pipelines of
-    ``batch_size``; a chunk the broker did not take is sent again under the
+    ``batch_size``; a chunk lost with the connection is sent again under the
     app's ``task_publish_retry_policy`` (a repeat is harmless: one event_id,
-    one notification), then ``PublishError`` is raised.
+    one notification), then ``PublishError`` is raised. A chunk Redis
+    answered but refused in part (full: ``OOM``) is not sent again: the
+    ``PublishError`` names exactly which events were published and which
+    not (also as its ``published``/``not_published``/``uncertain`` lists).
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
@@ -118,17 +122,87 @@ def publish_many(
     if not payloads:
         return []
     app = app or _default_app()
+    ids = [str(payload["event_id"]) for payload in payloads]
+    done = 0  # events in chunks the broker took whole
     try:
         with app.producer_or_acquire() as producer:
             for start in range(0, len(payloads), batch_size):
-                _publish_chunk(app, producer, payloads[start : start + batch_size])
+                chunk = payloads[start : start + batch_size]
+                _publish_chunk(app, producer, chunk)
+                done = start + len(chunk)
+    except PublishRefused as exc:
+        raise _refused(ids, done, exc) from exc
     except _BROKER_ERRORS as exc:
-        raise PublishError(
-            f"broker did not accept the events ({type(exc).__name__}: {exc}); some may have "
-            "been published already, and publishing them again is safe (same event_id, "
-            "one notification)"
-        ) from exc
-    return [str(payload["event_id"]) for payload in payloads]
+        raise _uncertain(ids, done, min(done + batch_size, len(ids)), exc) from exc
+    return ids
+
+
+def _events(indexes: Sequence[int], verb: str = "") -> str:
+    """``events 0-3, 7 were`` / ``event 4 was``: 0-based positions in the call, as runs."""
+    runs: list[list[int]] = []
+    for index in indexes:
+        if runs and index == runs[-1][1] + 1:
+            runs[-1][1] = index
+        else:
+            runs.append([index, index])
+    text = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs)
+    one = len(indexes) == 1
+    noun = "event" if one else "events"
+    if verb:
+        return f"{noun} {text} {'was' if one else 'were'} {verb}"
+    return f"{noun} {text}"
+
+
+def _why(error: BaseException) -> str:
+    text = f"{type(error).__name__}: {error}"
+    if isinstance(error, redis.exceptions.OutOfMemoryError) or "maxmemory" in str(error):
+        text += "; Redis is full (maxmemory reached)"
+    return text
+
+
+def _refused(ids: list[str], done: int, exc: PublishRefused) -> PublishError:
+    """Redis answered for every message of the failed chunk: say exactly which it took."""
+    accepted = [True] * done + list(exc.accepted)
+    accepted += [False] * (len(ids) - len(accepted))
+    published = [i for i, taken in enumerate(accepted) if taken]
+    refused = [i for i, taken in enumerate(accepted) if not taken]
+    why = _why(exc.first_error)
+    if len(ids) == 1:
+        message = f"Redis refused the event ({why}): it was not published"
+    else:
+        taken = _events(published, "published") if published else "none was published"
+        message = (
+            f"Redis refused {len(refused)} of {len(ids)} events ({why}): {taken}; "
+            f"{_events(refused, 'not published')} (0-based positions). Publishing them "
+            "again is safe (same event_id, one notification)"
+        )
+    return PublishError(
+        message,
+        published=[ids[i] for i in published],
+        not_published=[ids[i] for i in refused],
+    )
+
+
+def _uncertain(ids: list[str], done: int, end: int, exc: BaseException) -> PublishError:
+    """The connection failed: the chunk in flight may or may not have been taken."""
+    why = _why(exc)
+    if len(ids) == 1:
+        message = (
+            f"broker did not accept the event ({why}): it may or may not have been "
+            "published; publishing it again is safe (same event_id, one notification)"
+        )
+    else:
+        parts = [_events(range(0, done), "published")] if done else []
+        parts.append(f"{_events(range(done, end))} may or may not have been published")
+        if end < len(ids):
+            parts.append(_events(range(end, len(ids)), "not published"))
+        message = (
+            f"broker did not accept the events ({why}): {'; '.join(parts)} (0-based "
+            "positions). Publishing them again is safe (same event_id, one notification)"
+        )
+    return PublishError(
+        message, published=ids[:done], uncertain=ids[done:end], not_published=ids[end:]
+    )
 
 
 def _argsrepr(payload: Mapping[str, Any]) -> str:
@@ -151,6 +225,10 @@ def _publish_chunk(app: Celery, producer: Any, payloads: Sequence[dict[str, Any]
         try:
             _pipeline(app, producer, payloads)
             return
+        except PublishRefused:
+            # Redis answered: what it took is queued. Sending the chunk again
+            # would queue those twice; a full Redis stays full for a while.
+            raise
         except _BROKER_ERRORS:
             if attempt == retries:
                 raise
@@ -175,8 +253,13 @@ def _pipeline(app: Celery, producer: Any, payloads: Sequence[dict[str, Any]]) ->
     # pipeline, flushed when the block ends; an error inside discards the rest.
     # Transports (or retry_on_timeout settings) that cannot batch safely fall
     # back to publishing each message at once: slower, still correct.
+    # As kombu decides whether Producer.batch really batches (kombu/messaging.py).
+    channel = producer.channel
+    batched = hasattr(channel, "create_publish_batch") and bool(
+        getattr(channel, "supports_batch_publish", True)
+    )
     with producer.batch(max_size=len(payloads) + 1):
-        for payload in payloads:
+        for index, payload in enumerate(payloads):
             task_id = uuid()
             message = amqp.create_task_message(
                 task_id,
@@ -195,6 +278,11 @@ def _pipeline(app: Celery, producer: Any, payloads: Sequence[dict[str, Any]]) ->
             # The retry wrapper is ours (per chunk): inside a batch nothing
             # touches the network until the flush, so kombu's per-message
             # ensure() would retry nothing and cost a lot.
-            amqp.send_task_message(
-                producer, keys.HANDLE_EVENT_TASK, message, queue=queue, retry=False
-            )
+            try:
+                amqp.send_task_message(
+                    producer, keys.HANDLE_EVENT_TASK, message, queue=queue, retry=False
+                )
+            except (redis.ResponseError, RedisRefusingWrites) as exc:
+                # Refused here: batched, nothing of this chunk was sent yet;
+                # published one by one, the ones before it were taken.
+                raise PublishRefused([not batched] * index + [False], exc) from exc

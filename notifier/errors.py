@@ -89,4 +89,23 @@ class DeliveryBusyError(TransientError):
 
 
 class PublishError(NotifierError):
-    """The broker did not take the event: it was not published (safe to try again)."""
+    """The broker did not take every event; the message says which were published.
+
+    ``published``: event_ids the broker certainly took; ``not_published``:
+    certainly not taken (refused, e.g. Redis full, or never sent);
+    ``uncertain``: sent when the connection failed, so either. Publishing any
+    of them again is safe: one event_id, one notification.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        published: list[str] | None = None,
+        not_published: list[str] | None = None,
+        uncertain: list[str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.published = list(published or [])
+        self.not_published = list(not_published or [])
+        self.uncertain = list(uncertain or [])

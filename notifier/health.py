@@ -1,6 +1,9 @@
 """The checks behind ``notifier health``: can this worker do its job right now?
 
-* ``redis``: PING answers (the broker and every store live there).
+* ``redis``: PING answers (the broker and every store live there), and
+  Redis is not full: over ``maxmemory`` under ``noeviction`` it refuses
+  writes, so the check fails with a detail starting ``full:``
+  (``notifier.redis_memory``).
 * ``smtp`` (and ``smtp-fallback`` when ``MAIL_FALLBACK_SERVER`` is set): a
   TCP connection, EHLO, and STARTTLS with certificate verification when
   configured. No login and no message: a healthcheck every minute must not
@@ -33,6 +36,7 @@ import redis
 from notifier import keys
 from notifier.channels.smtp.connection import SmtpProvider, open_connection, start_tls
 from notifier.redis_clients import quick_redis
+from notifier.redis_memory import read_memory
 from notifier.settings import Settings
 
 __all__ = [
@@ -108,14 +112,23 @@ def _error(exc: BaseException) -> str:
 
 
 def check_redis(client: redis.Redis, where: str) -> Check:
-    """PING the broker/store Redis."""
+    """PING the broker/store Redis, and read its memory: a full Redis fails ("full: …")."""
 
     def probe() -> tuple[Status, str]:
         try:
             client.ping()
         except (redis.RedisError, OSError) as exc:
             return "fail", f"{where}: {_error(exc)}"
-        return "ok", f"{where}: PONG"
+        try:
+            memory = read_memory(client)
+        except redis.ResponseError:
+            # INFO renamed or denied (some managed Redis): reachable is all we know.
+            return "ok", f"{where}: PONG (memory unknown: INFO refused)"
+        except (redis.RedisError, OSError) as exc:
+            return "fail", f"{where}: {_error(exc)}"
+        if memory.full:
+            return "fail", f"{where}: {memory.describe()}"
+        return "ok", f"{where}: PONG, {memory.describe()}"
 
     return _timed("redis", probe)
 
@@ -208,7 +221,8 @@ def run_checks(settings: Settings) -> Report:
     try:
         reachable = check_redis(client, describe_redis_url(settings.redis_url))
         checks = [reachable, *_smtp_checks(settings), check_twilio(settings)]
-        if reachable.status == "ok":
+        if reachable.status == "ok" or ": full: " in reachable.detail:
+            # A full Redis still answers reads: count what it holds.
             checks.append(check_dead_letters(client, settings.notifier_dlq_alert_threshold))
         else:
             # Don't wait for a second connection timeout to learn the same thing.

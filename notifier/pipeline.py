@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
+import redis
 from pydantic import ValidationError
 
 from notifier import budget, keys
@@ -277,7 +278,22 @@ def run_job(job: Job, rt: Runtime, *, started: float | None = None) -> Outcome:
     except NotifierError as exc:
         rt.ledger.release(delivery.delivery_id, claim)
         return _failed(job, rt, exc, exempt=exempt)
-    rt.ledger.mark_sent(delivery.delivery_id, receipt)
+    try:
+        rt.ledger.mark_sent(delivery.delivery_id, receipt)
+    except redis.RedisError as exc:
+        # The provider took it, but the ledger could not record it (Redis full
+        # or gone): this send will be repeated once the message comes back.
+        # Logged now, so that the duplicate is visible (docs/guarantees.md).
+        _log_outcome(
+            rt,
+            job,
+            "sent",
+            provider=receipt.provider,
+            provider_id=receipt.provider_id,
+            recorded=False,
+            error=_error_text(exc),
+        )
+        raise
     _log_outcome(rt, job, "sent", provider=receipt.provider, provider_id=receipt.provider_id)
     return Outcome(delivery.delivery_id, "sent", receipt=receipt)
 
@@ -493,6 +509,8 @@ def _log_outcome(rt: Runtime, job: Job, outcome: OutcomeName, **fields: object) 
     delivery = job.delivery
     rt.metrics.record_delivery(delivery.channel, delivery.event_type, outcome)
     level = "warning" if outcome in ("retried", "dead", "rate_limited", "ambiguous") else "info"
+    if fields.get("recorded") is False:
+        level = "warning"  # a send the ledger missed: it will be repeated
     getattr(get_logger(), level)(
         f"delivery.{outcome}",
         event_id=delivery.event_id,

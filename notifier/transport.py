@@ -25,10 +25,23 @@ too, to the list ``notifier:transport:rejected``, and handed to the
 whichever consumer takes them; entries stay in the list until the handler
 has recorded them.
 
+A Redis that refuses writes (full: ``OOM`` under ``maxmemory-policy
+noeviction``; or read-only) used to stop the worker too: kombu raised the
+refusal out of an ack, a requeue, the visibility sweep's mutex, a queue
+declaration or the shutdown restore. Here a refused ack or requeue is kept
+and tried again (the message stays in ``unacked`` meanwhile), the consumer
+stops taking messages and asks again after 1, 2, 4, then every 5 seconds,
+and a refused declaration at start-up is a connection error Celery recovers
+from. Publishing batches report which messages Redis took
+(``PublishRefused``), so a producer can say exactly what was published.
+
 Selected with Celery's ``broker_transport`` (``celeryconfig.build``):
 ``Transport`` for ``redis://`` and ``SentinelTransport`` for ``sentinel://``.
 Written against kombu 5.7 (pinned in pyproject.toml): it overrides
-``Channel._brpop_start``, ``_brpop_read`` and ``_get``, and ``QoS.append``.
+``Channel._brpop_start``, ``_brpop_read``, ``_get``, ``_size``,
+``_queue_bind`` and ``create_publish_batch``, ``PublishBatch.flush``, and
+``QoS.append``, ``ack``, ``reject``, ``restore_unacked`` and
+``restore_visible``.
 """
 
 from __future__ import annotations
@@ -41,6 +54,7 @@ from queue import Empty
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import redis
+from kombu import exceptions as kombu_exceptions
 from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual import base as virtual
 from kombu.utils.json import loads
@@ -52,6 +66,8 @@ from notifier.redis_clients import reply_text
 __all__ = [
     "FETCH_SCRIPT",
     "MalformedMessage",
+    "PublishRefused",
+    "RedisRefusingWrites",
     "RejectedEntry",
     "RejectedHandler",
     "SentinelTransport",
@@ -118,10 +134,30 @@ IDLE_WAIT_OTHERS = 0.2
 # A key nobody writes: BLPOP on it is a server-side pause that keeps the
 # event loop's bookkeeping (one command in flight) intact.
 _PAUSE_KEY = f"{keys.PREFIX}transport:pause"
-_PAUSE_SECONDS = 1
+# A Redis refusing writes is asked again after 1 s, then 2, 4, at most 5 s:
+# a few commands a second per worker, and work resumes within 5 s of memory
+# being freed (docs/guarantees.md).
+PAUSE_MIN_SECONDS = 1.0
+PAUSE_MAX_SECONDS = 5.0
+# Written (and expiring at once) to learn whether Redis accepts writes again
+# when no refused ack or requeue is waiting to serve as the probe.
+_PROBE_KEY = f"{keys.PREFIX}transport:probe"
+# Queue bindings refused in a row in this process (a consumer starting on a
+# full Redis): each refusal waits longer before Celery starts it again.
+_bind_refusals = 0
 
 # Errors kombu's virtual Message raises on an envelope it cannot read.
 _ENVELOPE_ERRORS = (KeyError, TypeError, ValueError, AttributeError, binascii.Error)
+
+
+class RedisRefusingWrites(redis.ConnectionError):
+    """Redis refused a declaration's write (full: ``OOM``; or read-only).
+
+    A connection error on purpose: Celery's consumer recovers from those (it
+    reconnects and starts again, backing off) and stops the worker for
+    anything else. A worker started while Redis is full thus waits for room
+    instead of exiting (and crash-looping under a restart policy).
+    """
 
 
 class MalformedMessage(PermanentError):
@@ -189,23 +225,162 @@ def drain_rejected(client: Any, handler: RejectedHandler, limit: int = 100) -> i
     return handled
 
 
+# kombu 5.7's, newer than the kombu-stubs package.
+BatchPublishError: type[Exception] = kombu_exceptions.BatchPublishError  # type: ignore[attr-defined]
+
+
+class PublishRefused(BatchPublishError):  # type: ignore[valid-type,misc]
+    """Redis answered every command of a publish batch, and refused some (full: ``OOM``).
+
+    Unlike a lost connection this outcome is certain, command by command:
+    ``accepted[i]`` tells whether the batch's i-th command (one ``LPUSH`` per
+    message on notifier's queues) was carried out.
+    """
+
+    def __init__(self, accepted: list[bool], first_error: redis.RedisError) -> None:
+        refused = accepted.count(False)
+        super().__init__(
+            f"Redis refused {refused} of {len(accepted)} publish commands: {first_error}"
+        )
+        self.accepted = accepted
+        self.first_error = first_error
+
+
+class ReportingPublishBatch(kombu_redis.PublishBatch):  # type: ignore[name-defined,misc]
+    """kombu's publish batch, telling which commands Redis refused (``PublishRefused``).
+
+    kombu's own flush raises the first error of the pipeline and drops the
+    other replies, so a producer could only say "some may have been
+    published". Redis answers each command of a pipeline on its own: read
+    them all, and a refusal says exactly which messages were taken.
+    """
+
+    _buffered: int  # kombu's: commands waiting in the pipeline
+    _failed: BaseException | None
+    pipeline: Any
+
+    def flush(self) -> None:
+        """Execute the pending commands once; ``PublishRefused`` if Redis refused any."""
+        self._check_usable()
+        if not self._buffered:
+            return
+        try:
+            replies = self.pipeline.execute(raise_on_error=False)
+        except BaseException as exc:
+            self._failed = exc
+            self._buffered = 0
+            self.pipeline.reset()
+            if isinstance(exc, Exception):
+                raise BatchPublishError(
+                    "Redis publish batch failed; delivery is uncertain"
+                ) from exc
+            raise
+        self._buffered = 0
+        errors = [reply for reply in replies if isinstance(reply, redis.ResponseError)]
+        if errors:
+            refused = PublishRefused(
+                [not isinstance(reply, redis.ResponseError) for reply in replies], errors[0]
+            )
+            self._failed = refused
+            raise refused
+
+
 class ReliableQoS(kombu_redis.QoS):
-    """kombu's ack emulation, minus the write the fetch script already made."""
+    """kombu's ack emulation, minus the write the fetch script already made.
+
+    And riding out a Redis that refuses writes (full: ``OOM`` under
+    ``noeviction``; or read-only). kombu raises the refusal out of an ack,
+    a requeue, the sweep's mutex or the shutdown restore, and Celery stops
+    the worker for good ("Unrecoverable error"). Here each refused ack or
+    requeue is kept in ``pending`` (the message itself stays in kombu's
+    ``unacked`` hash, untouched: the refused transaction changed nothing),
+    the channel backs off fetching, and ``retry_pending`` tries them again
+    from the fetch's pause. A message is never lost this way: at worst it is
+    redelivered by the visibility sweep, and the ledger stops a repeat.
+    """
+
+    _delivered: Any  # kombu's OrderedDict of tags delivered and not acked
+
+    if TYPE_CHECKING:  # kombu's
+
+        def _remove_from_indices(self, delivery_tag: str, pipe: Any = None) -> Any: ...
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.pending: dict[str, bool] = {}
+        """Tags whose ack (False) or requeue (True) Redis refused, to try again."""
 
     def append(self, message: Any, delivery_tag: str) -> None:
         # The fetch script recorded it in unacked atomically with the pop.
         virtual.QoS.append(self, message, delivery_tag)
 
+    def ack(self, delivery_tag: str) -> None:
+        """kombu's ack; refused, it is kept for ``retry_pending``."""
+        try:
+            super().ack(delivery_tag)
+        except redis.ResponseError as exc:
+            self._keep(delivery_tag, False, exc)
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        """kombu's reject (or requeue); refused, it is kept for ``retry_pending``."""
+        try:
+            super().reject(delivery_tag, requeue=requeue)
+        except redis.ResponseError as exc:
+            self._keep(delivery_tag, requeue, exc)
+
+    def _keep(self, delivery_tag: str, requeue: bool, exc: redis.ResponseError) -> None:
+        self.pending[delivery_tag] = requeue
+        # Celery is done with it: free its prefetch slot (the fetch is paused anyway).
+        virtual.QoS.ack(self, delivery_tag)
+        _refused_by(self.channel, exc, "ack" if not requeue else "requeue")
+
+    def retry_pending(self) -> None:
+        """Try the refused acks and requeues again; raises ``ResponseError`` while refused."""
+        for tag, requeue in list(self.pending.items()):
+            if requeue:
+                self.restore_by_tag(tag, leftmost=True)
+            else:
+                self._remove_from_indices(tag).execute()
+            del self.pending[tag]
+
+    def restore_unacked(self, client: Any = None) -> None:
+        """The warm-shutdown restore; what Redis refuses stays in unacked for the sweep."""
+        acks = [tag for tag, requeue in self.pending.items() if not requeue]
+        for tag in (tag for tag, requeue in self.pending.items() if requeue):
+            self._delivered[tag] = None
+        self.pending.clear()
+        try:
+            for tag in acks:
+                self._remove_from_indices(tag).execute()
+            super().restore_unacked(client)
+        except redis.ResponseError as exc:
+            left = len(self._delivered)
+            self._delivered.clear()
+            logger.warning(
+                "Redis refused the shutdown restore (%s): %d message(s) stay in unacked and "
+                "come back after the visibility timeout",
+                exc,
+                left,
+            )
+
     def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> None:
         """kombu's sweep of timed-out messages, plus a drain of rejected entries."""
-        super().restore_visible(start=start, num=num, interval=interval)
+        try:
+            super().restore_visible(start=start, num=num, interval=interval)
+        except redis.ResponseError as exc:
+            # The sweep's mutex is a SET a full Redis refuses; the timed-out
+            # messages wait in unacked for the next sweep.
+            _refused_by(self.channel, exc, "visibility sweep")
+            return
         if isinstance(self.channel, ReliableFetch):
-            try:
-                self.channel.drain_rejected()
-            except redis.ResponseError as exc:
-                # A full or read-only Redis: the entries wait for the next tick.
-                # kombu's sweep loop lets only connection errors through.
-                logger.warning("rejected entries not drained (%s); trying again later", exc)
+            self.channel.drain_rejected()
+
+
+def _refused_by(channel: Any, exc: redis.ResponseError, what: str) -> None:
+    if isinstance(channel, ReliableFetch):
+        channel.back_off(exc, what)
+    else:
+        logger.warning("Redis refused the %s (%s)", what, exc)
 
 
 class ReliableFetch:
@@ -222,6 +397,8 @@ class ReliableFetch:
     priority_steps: list[int]
     brpop_timeout: float
     sep: str
+    keyprefix_queue: str
+    keyprefix_binding_permanent: str
     unacked_key: str
     unacked_index_key: str
     _in_poll: Any
@@ -229,13 +406,18 @@ class ReliableFetch:
     _queue_cycle: Any
 
     _waiting = False
+    _pausing = False
     _paused = False
+    _pause_seconds = 0.0
 
     if TYPE_CHECKING:  # kombu's, by the channel classes below
+        qos: ReliableQoS
 
         def conn_or_acquire(self, client: Any = None) -> Any: ...
 
         def _q_for_pri(self, queue: str, pri: int) -> str: ...
+
+        def typeof(self, exchange: str) -> Any: ...
 
     # -- kombu's hooks -----------------------------------------------------
 
@@ -247,8 +429,8 @@ class ReliableFetch:
         self._in_poll = connection
         self._brpop_sent_at = time.monotonic()
         if self._paused:
-            self._waiting = True
-            connection.send_command("BLPOP", _PAUSE_KEY, _PAUSE_SECONDS)
+            self._waiting = self._pausing = True
+            connection.send_command("BLPOP", _PAUSE_KEY, self._pause_seconds)
         else:
             self._waiting = False
             connection.send_command("EVAL", *self._fetch_args(queues))
@@ -264,12 +446,13 @@ class ReliableFetch:
                 connection.disconnect()
                 raise
             except redis.ResponseError as exc:
-                # A full (OOM) or read-only Redis refuses the script; it
-                # removed nothing. Pause rather than spin on the refusal.
-                logger.warning("fetch refused by Redis (%s); pausing %d s", exc, _PAUSE_SECONDS)
-                self._paused = True
+                # A read-only Redis refuses the script; it removed nothing.
+                # Pause rather than spin on the refusal.
+                self.back_off(exc, "fetch")
                 raise Empty() from exc
-            self._paused = False
+            if self._pausing:
+                self._resume_if_writable()
+                raise Empty()
             if self._waiting:
                 # The wait ended: a message arrived, or the timeout passed.
                 raise Empty()
@@ -282,7 +465,7 @@ class ReliableFetch:
         finally:
             if not keep_polling:
                 self._in_poll = None
-                self._waiting = False
+                self._waiting = self._pausing = False
 
     def _get(self, queue: str) -> Any:
         with self.conn_or_acquire() as client:
@@ -298,7 +481,90 @@ class ReliableFetch:
             self._move_to_rejected(queue, reply_text(reply[3]), reply[2], f"not JSON: {exc}")
             raise Empty() from exc
 
+    def _size(self, queue: str) -> int:
+        # kombu counts in a MULTI, and a full Redis refuses every command of
+        # a MULTI, reads included: a queue declaration then failed on a full
+        # Redis before its publish could be refused, or not, for itself.
+        with self.conn_or_acquire() as client, client.pipeline(transaction=False) as pipe:
+            for pri in self.priority_steps:
+                pipe.llen(self._q_for_pri(queue, pri))
+            return sum(size for size in pipe.execute() if isinstance(size, int))
+
+    def _queue_bind(self, exchange: str, routing_key: str, pattern: str, queue: str) -> None:
+        global _bind_refusals
+        if self._bound_already(exchange, routing_key, pattern, queue):
+            # kombu's SADD would change nothing, but a full Redis refuses it
+            # all the same: a producer or a restarted worker would fail on it.
+            return
+        try:
+            super()._queue_bind(exchange, routing_key, pattern, queue)  # type: ignore[misc]
+        except redis.ResponseError as exc:
+            # Celery restarts a consumer at once after a connection error (a
+            # second's rest after five): wait here first, longer each time,
+            # or a worker started on a full Redis sends it ~70 commands a second.
+            _bind_refusals += 1
+            wait = min(PAUSE_MIN_SECONDS * 2 ** (_bind_refusals - 1), PAUSE_MAX_SECONDS)
+            logger.warning(
+                "Redis refused to bind queue %r (%s); waiting %g s, then starting again",
+                queue,
+                exc,
+                wait,
+            )
+            time.sleep(wait)
+            raise RedisRefusingWrites(f"binding {queue!r} refused by Redis: {exc}") from exc
+        _bind_refusals = 0
+
+    def _bound_already(self, exchange: str, routing_key: str, pattern: str, queue: str) -> bool:
+        """Whether kombu's binding sets already hold this (plain, non-expiring) binding."""
+        if queue in getattr(self, "_expires", {}) or self.typeof(exchange).type == "fanout":
+            return False  # kombu does more than an SADD for these
+        member = self.sep.join([routing_key or "", pattern or "", queue or ""])
+        with self.conn_or_acquire() as client, client.pipeline(transaction=False) as pipe:
+            pipe.sismember(self.keyprefix_queue % (exchange,), member)
+            pipe.sismember(self.keyprefix_binding_permanent % (exchange,), member)
+            return all(pipe.execute())
+
+    def create_publish_batch(self, max_size: int) -> ReportingPublishBatch:
+        """kombu's producer-scoped batch, reporting refused commands one by one."""
+        return ReportingPublishBatch(self, max_size)
+
     # -- ours ---------------------------------------------------------------
+
+    def back_off(self, exc: redis.ResponseError, what: str) -> None:
+        """Redis refused a write (``what``): stop fetching, and ask again after a longer pause.
+
+        A full Redis (``OOM``, ``noeviction``) still runs the fetch script (it
+        pops before it writes), so fetching on would take message after
+        message only to have each one's requeue refused. Paused, the worker
+        sends a few commands a second until Redis takes writes again.
+        """
+        if not self._paused:
+            logger.warning(
+                "Redis refused the %s (%s): not taking messages; asking again every %g-%g s",
+                what,
+                exc,
+                PAUSE_MIN_SECONDS,
+                PAUSE_MAX_SECONDS,
+            )
+        self._paused = True
+        self._pause_seconds = min(
+            max(self._pause_seconds * 2, PAUSE_MIN_SECONDS), PAUSE_MAX_SECONDS
+        )
+
+    def _resume_if_writable(self) -> None:
+        """After a pause: the refused acks and requeues again, else a probe write."""
+        try:
+            if self.qos.pending:
+                self.qos.retry_pending()
+            else:
+                with self.conn_or_acquire() as client:
+                    client.set(_PROBE_KEY, b"1", px=1)
+        except redis.ResponseError as exc:
+            self.back_off(exc, "retry")
+            return
+        logger.warning("Redis takes writes again: taking messages")
+        self._paused = False
+        self._pause_seconds = 0.0
 
     def _fetch_args(self, queues: list[str]) -> list[Any]:
         queue_keys = [
@@ -343,12 +609,18 @@ class ReliableFetch:
 
     def _move_to_rejected(self, queue: str, tag: str, raw: bytes, reason: str) -> None:
         entry = RejectedEntry(f"tag-{tag}", queue, reason, raw)
-        with self.conn_or_acquire() as client:
-            pipe = client.pipeline()
-            pipe.lpush(keys.TRANSPORT_REJECTED, entry.encode())
-            pipe.zrem(self.unacked_index_key, tag)
-            pipe.hdel(self.unacked_key, tag)
-            pipe.execute()
+        try:
+            with self.conn_or_acquire() as client:
+                pipe = client.pipeline(transaction=True)  # all or nothing
+                pipe.lpush(keys.TRANSPORT_REJECTED, entry.encode())
+                pipe.zrem(self.unacked_index_key, tag)
+                pipe.hdel(self.unacked_key, tag)
+                pipe.execute()
+        except redis.ResponseError as exc:
+            # Refused whole: the entry stays in unacked and comes back with
+            # the visibility sweep, to be rejected then.
+            self.back_off(exc, "move of a malformed entry")
+            return
         logger.warning("rejected a malformed entry on %s: %s", queue, entry.reason)
         self.drain_rejected()
 
@@ -357,8 +629,12 @@ class ReliableFetch:
         handler = self.connection.client.transport_options.get("rejected_handler")
         if handler is None:
             return
-        with self.conn_or_acquire() as client:
-            drain_rejected(client, handler)
+        try:
+            with self.conn_or_acquire() as client:
+                drain_rejected(client, handler)
+        except redis.ResponseError as exc:
+            # A full or read-only Redis: the entries wait in their list.
+            logger.warning("rejected entries not drained (%s); trying again later", exc)
 
 
 class Channel(ReliableFetch, kombu_redis.Channel):  # type: ignore[misc]

@@ -103,6 +103,10 @@ def publish(
     try:
         event_ids = publish_many([item for _, item in items])
     except PublishError as exc:
+        # The ones certainly taken (a refusal part way: Redis full) are printed
+        # as on success; the message names the rest.
+        for event_id in exc.published:
+            output.line(event_id)
         output.line(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     for event_id in event_ids:

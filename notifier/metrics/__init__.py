@@ -19,6 +19,10 @@ Metrics (names and labels are a public contract, docs/DESIGN.md §7):
     Gauges read from Redis when Prometheus scrapes (ZCARD of the dead-letter
     index, LLEN of each queue); every worker reports the same values, so
     aggregate them with ``max``, not ``sum``.
+``notifier_redis_memory_used_bytes``, ``notifier_redis_memory_max_bytes``, ``notifier_redis_oom``
+    Gauges from ``INFO memory`` at scrape time: the memory Redis counts
+    against ``maxmemory``, ``maxmemory`` (0 = no limit), and 1 while Redis is
+    over it (full: it refuses writes). Aggregate with ``max`` too.
 
 One module per concern:
 

@@ -33,8 +33,10 @@ count in memory, in the default registry, and serve nothing.
 
 Gauges read at scrape time
 --------------------------
-``notifier_dead_letters``, ``notifier_queue_length{queue}`` and
-``notifier_redis_up`` are read from Redis when Prometheus scrapes (ZCARD of
+``notifier_dead_letters``, ``notifier_queue_length{queue}``,
+``notifier_redis_up`` and the memory gauges (``notifier_redis_memory_used_bytes``,
+``notifier_redis_memory_max_bytes``, ``notifier_redis_oom``: ``INFO memory``,
+``notifier.redis_memory``) are read from Redis when Prometheus scrapes (ZCARD of
 the dead-letter index, LLEN of each queue), through a fail-fast client
 (``notifier.redis_clients.quick_redis``): a scrape reports Redis down rather
 than hang. Every worker reports the same values, so aggregate them with
@@ -60,6 +62,7 @@ from notifier import keys
 from notifier.logs import get_logger
 from notifier.metrics.queues import queue_lengths
 from notifier.redis_clients import quick_redis
+from notifier.redis_memory import read_memory
 from notifier.settings import Settings
 
 if TYPE_CHECKING:
@@ -102,6 +105,7 @@ class RedisCollector:
             return
         up.add_metric([], 1)
         yield up
+        yield from _memory_gauges(self._redis)
         yield GaugeMetricFamily(
             "notifier_dead_letters", "Entries in the dead-letter store.", value=dead
         )
@@ -113,6 +117,31 @@ class RedisCollector:
         for name, length in lengths.items():
             queue.add_metric([name], length)
         yield queue
+
+
+def _memory_gauges(client: redis.Redis) -> Iterator[Metric]:
+    """``notifier_redis_memory_used_bytes``, ``…_max_bytes`` and ``notifier_redis_oom``."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    try:
+        memory = read_memory(client)
+    except redis.RedisError:
+        return  # INFO refused (renamed on some managed Redis): no memory gauges
+    yield GaugeMetricFamily(
+        "notifier_redis_memory_used_bytes",
+        "Memory Redis counts against maxmemory (INFO memory).",
+        value=memory.counted,
+    )
+    yield GaugeMetricFamily(
+        "notifier_redis_memory_max_bytes",
+        "Redis maxmemory (0 = no limit).",
+        value=memory.maximum,
+    )
+    yield GaugeMetricFamily(
+        "notifier_redis_oom",
+        "1 when Redis is over maxmemory: under noeviction it refuses writes.",
+        value=1 if memory.full else 0,
+    )
 
 
 @dataclass

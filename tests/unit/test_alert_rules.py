@@ -23,6 +23,9 @@ METRICS = (
     "notifier_dead_letters",
     "notifier_queue_length",
     "notifier_redis_up",
+    "notifier_redis_memory_used_bytes",
+    "notifier_redis_memory_max_bytes",
+    "notifier_redis_oom",
 )
 
 
@@ -48,6 +51,8 @@ def test_the_alerts_ops_asked_for_exist(rules: dict[str, dict[str, Any]]) -> Non
         "NotifierNoDeliveriesWhileEventsArrive",
         "NotifierDeliveryRateDropped",
         "NotifierQueueBacklog",
+        "NotifierRedisMemoryHigh",
+        "NotifierRedisFull",
     } <= set(rules)
 
 
@@ -65,7 +70,9 @@ def test_redis_read_gauges_are_never_summed_across_workers(
 ) -> None:
     # Every worker reports the same Redis-read value: sum() would multiply it.
     for rule in rules.values():
-        for gauge in ("notifier_dead_letters", "notifier_queue_length", "notifier_redis_up"):
+        for gauge in METRICS:
+            if gauge.endswith("_total"):
+                continue
             assert f"sum({gauge}" not in rule["expr"].replace(" ", "")
 
 

@@ -246,6 +246,29 @@ def test_publish_exits_2_when_the_broker_is_unreachable(
     assert "unreachable" in result.stderr
 
 
+def test_publish_refused_part_way_prints_the_event_ids_that_were_published(
+    runner: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events = [samples.user_registered(), samples.user_registered()]
+    first, second = (event["event_id"] for event in events)
+
+    def half_full(batch: list[Any]) -> list[str]:
+        raise PublishError(
+            "Redis refused 1 of 2 events (…): event 0 was published; event 1 was not published",
+            published=[first],
+            not_published=[second],
+        )
+
+    monkeypatch.setattr(notifier.client, "publish_many", half_full)
+
+    lines = "\n".join(json.dumps(event) for event in events)
+    result = runner.invoke(app, ["publish", "-"], input=lines)
+
+    assert result.exit_code == 2
+    assert result.stdout.splitlines() == [first]
+    assert "event 1 was not published" in result.stderr
+
+
 # --- parse_input -------------------------------------------------------------------
 
 

@@ -233,7 +233,9 @@ def test_publish_error_once_the_retry_policy_is_used_up(
     monkeypatch.setattr(client, "_pipeline", flaky)
     monkeypatch.setattr("notifier.client.time.sleep", lambda _: None)
 
-    with pytest.raises(PublishError, match="publishing them again is safe"):
+    with pytest.raises(
+        PublishError, match="may or may not have been published; publishing it again is safe"
+    ):
         publish_many([samples.user_registered()], app=app)
 
     assert flaky.calls == 1 + app.conf.task_publish_retry_policy["max_retries"]
@@ -250,3 +252,39 @@ def test_no_retry_when_the_app_says_so(
         publish_many([samples.user_registered()], app=app)
 
     assert flaky.calls == 1
+
+
+class _BrokenAfter:
+    """A ``client._pipeline`` that publishes ``good`` chunks, then loses the connection for good."""
+
+    def __init__(self, good: int) -> None:
+        self.good = good
+        self.calls = 0
+
+    def __call__(self, app: Any, producer: Any, payloads: Any) -> None:
+        self.calls += 1
+        if self.calls > self.good:
+            raise OperationalError("Connection reset by peer")
+        _FlakyPipeline.real(app, producer, payloads)
+
+
+def test_a_connection_lost_part_way_names_the_published_the_uncertain_and_the_unsent(
+    app: NotifierCelery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(client, "_pipeline", _BrokenAfter(good=1))
+    monkeypatch.setattr("notifier.client.time.sleep", lambda _: None)
+    events = [samples.user_registered() for _ in range(5)]
+    ids = [event["event_id"] for event in events]
+
+    with pytest.raises(PublishError) as failed:
+        publish_many(events, app=app, batch_size=2)
+
+    assert (failed.value.published, failed.value.uncertain, failed.value.not_published) == (
+        ids[:2],
+        ids[2:4],
+        ids[4:],
+    )
+    assert (
+        "events 0-1 were published; events 2-3 may or may not have been published; "
+        "event 4 was not published"
+    ) in str(failed.value)

@@ -28,6 +28,7 @@ from notifier.health import (
 from notifier.redis_clients import quick_redis
 from notifier.testing import SmtpSink, free_port
 from tests.conftest import make_settings
+from tests.unit.full_redis import MIB, ReportingMemory
 
 TWILIO = {
     "twilio_account_sid": "AC" + "0" * 32,
@@ -99,6 +100,21 @@ def test_dead_letters_at_the_threshold_fail() -> None:
 
 def test_redis_answering_ping_is_ok() -> None:
     assert check_redis(fakeredis.FakeRedis(), "fake:6379/0").status == "ok"
+
+
+def test_a_full_redis_fails_with_full_in_the_detail() -> None:
+    check = check_redis(ReportingMemory(used=21 * MIB, maximum=20 * MIB), "fake:6379/0")
+
+    assert check.status == "fail"
+    assert check.detail.startswith("fake:6379/0: full: 21.0 MiB used of maxmemory 20.0 MiB")
+
+
+def test_a_redis_with_room_is_ok_and_shows_its_memory() -> None:
+    check = check_redis(ReportingMemory(used=10 * MIB, maximum=20 * MIB), "fake:6379/0")
+
+    assert check.status == "ok"
+    assert "10.0 MiB used of maxmemory 20.0 MiB" in check.detail
+    assert "full" not in check.detail
 
 
 def test_redis_on_a_closed_port_fails() -> None:

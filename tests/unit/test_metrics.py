@@ -44,6 +44,7 @@ from notifier.runtime import Runtime
 from notifier.testing import free_port
 from tests import samples
 from tests.conftest import make_settings
+from tests.unit.full_redis import MIB, ReportingMemory
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -302,6 +303,23 @@ def test_the_redis_collector_reports_dead_letters_and_queues(client: fakeredis.F
     assert registry.get_sample_value("notifier_redis_up") == 1
     assert registry.get_sample_value("notifier_dead_letters") == 2
     assert registry.get_sample_value("notifier_queue_length", {"queue": keys.SMS_QUEUE}) == 1
+
+
+def test_the_redis_collector_reports_a_full_redis_as_oom() -> None:
+    registry = CollectorRegistry()
+    registry.register(RedisCollector(ReportingMemory(used=21 * MIB, maximum=20 * MIB)))
+
+    assert registry.get_sample_value("notifier_redis_oom") == 1
+    assert registry.get_sample_value("notifier_redis_memory_used_bytes") == 21 * MIB
+    assert registry.get_sample_value("notifier_redis_memory_max_bytes") == 20 * MIB
+
+
+def test_the_redis_collector_reports_oom_0_while_redis_has_room() -> None:
+    registry = CollectorRegistry()
+    registry.register(RedisCollector(ReportingMemory(used=10 * MIB, maximum=20 * MIB)))
+
+    assert registry.get_sample_value("notifier_redis_oom") == 0
+    assert registry.get_sample_value("notifier_redis_memory_used_bytes") == 10 * MIB
 
 
 def test_the_redis_collector_reports_redis_down_and_nothing_else() -> None:

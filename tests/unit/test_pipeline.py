@@ -14,6 +14,7 @@ from typing import Any
 
 import fakeredis
 import pytest
+import redis
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
@@ -30,7 +31,7 @@ from notifier.errors import (
     TransientError,
 )
 from notifier.events import parse_event
-from notifier.ledger import DEFAULT_LEASE_SECONDS
+from notifier.ledger import DEFAULT_LEASE_SECONDS, Ledger
 from notifier.pipeline import (
     Job,
     count_redelivery,
@@ -304,6 +305,29 @@ def test_sent_delivery_is_marked_in_the_ledger(world: World) -> None:
 
     assert result.receipt is not None
     assert world.rt.ledger.is_sent(result.delivery_id)
+
+
+class FullLedger(Ledger):
+    """A ledger on a full Redis: claims work, the ``sent`` marker is refused (OOM)."""
+
+    def mark_sent(self, delivery_id: str, receipt: Receipt) -> None:
+        raise redis.exceptions.OutOfMemoryError(
+            "command not allowed when used memory > 'maxmemory'."
+        )
+
+
+def test_a_send_the_ledger_cannot_record_is_logged_as_sent_and_unrecorded(world: World) -> None:
+    rt = dataclasses.replace(world.rt, ledger=FullLedger(world.rt.redis, ttl=60))
+
+    with capture_logs() as logs, pytest.raises(redis.exceptions.OutOfMemoryError):
+        handle_event(samples.user_registered(), rt)
+
+    assert len(world.smtp.sent) == 1
+    (sent,) = [line for line in logs if line["event"] == "delivery.sent"]
+    assert sent["recorded"] is False
+    assert sent["log_level"] == "warning"
+    assert sent["error"].startswith("OutOfMemoryError: ")
+    assert sent["provider_id"] == "1"
 
 
 def test_queued_sms_is_sent_by_deliver(sms_world: World) -> None:
