@@ -32,11 +32,12 @@ from kombu.exceptions import OperationalError
 from vine import promise
 
 import celeryconfig
-from notifier import keys, metrics, pipeline
+from notifier import keys, metrics, outage, pipeline
 from notifier.errors import NotifierError, PublishError
 from notifier.jobs import Job
 from notifier.logs import configure_logging, route_stdlib_logging
 from notifier.metrics import endpoint
+from notifier.periodic import Periodic
 from notifier.runtime import Runtime
 from notifier.settings import Settings
 from notifier.transport import RejectedEntry
@@ -202,6 +203,8 @@ class NotifierCelery(Celery):
         self._runtime: Runtime | None = None
         self._runtime_pid = 0
         self._runtime_lock = threading.Lock()
+        self.outage_watch: Periodic | None = None
+        """The outage watch of this worker's main process (``notifier.outage``)."""
 
     @property
     def runtime(self) -> Runtime:
@@ -337,10 +340,22 @@ def _serve_metrics(**_: Any) -> None:
         _metrics_server = endpoint.serve(_worker_app.settings)
 
 
+@worker_ready.connect
+def _start_outage_watch(sender: Any = None, **_: Any) -> None:
+    # In the main process, after the pool forked: periodic work runs inside
+    # the workers, one host at a time (docs/DESIGN.md §10).
+    app = getattr(sender, "app", None)
+    if isinstance(app, NotifierCelery) and app.outage_watch is None:
+        app.outage_watch = outage.start_watch(app.runtime)
+
+
 @worker_shutdown.connect
 def _stop_metrics(sender: Any = None, **_: Any) -> None:
     global _metrics_server
     app = getattr(sender, "app", None)
+    if isinstance(app, NotifierCelery) and app.outage_watch is not None:
+        app.outage_watch.stop()
+        app.outage_watch = None
     if isinstance(app, NotifierCelery) and metrics.recent.pending():
         # A solo or embedded worker's last tallies, while its runtime is still open.
         metrics.recent.flush(app.runtime.redis)

@@ -8,6 +8,7 @@ decides which one it raises; nothing else in the service second-guesses it.
 from __future__ import annotations
 
 __all__ = [
+    "CircuitOpenError",
     "ConfigurationError",
     "DeliveryBusyError",
     "InvalidEventError",
@@ -37,6 +38,10 @@ class ProviderUnavailableError(TransientError):
     Connection refused or reset, timeouts, SMTP 421, HTTP connection errors:
     the cue to fail over to another provider and to open the circuit breaker.
     """
+
+
+class CircuitOpenError(ProviderUnavailableError):
+    """Nothing was tried: every provider's circuit breaker is open (an outage under way)."""
 
 
 class InvalidEventError(PermanentError):

@@ -1,9 +1,11 @@
-"""Policy across SMTP providers: fail over to the fallback, and remember the primary is down.
+"""Policy across SMTP providers: fail over to the fallback, and remember who is down.
 
 The layers below (``connection``, ``transaction``) talk to one server; this
-one decides which server a message goes to. The circuit breaker lives in
-Redis, so one worker finding the primary down spares every other worker the
-primary's timeout.
+one decides which server a message goes to. Each provider has a circuit
+breaker in Redis, so one worker finding a provider down spares every other
+worker its timeout. The primary has one even when it is alone: during an
+outage a message then costs one timeout per cool-down, not one each, and a
+``CircuitOpenError`` tells the pipeline to hold the email (``notifier.hold``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from notifier import keys
 from notifier.channels import Receipt
 from notifier.channels.smtp.connection import SmtpChannel
 from notifier.compose import ComposedEmail
-from notifier.errors import ProviderUnavailableError
+from notifier.errors import CircuitOpenError, ProviderUnavailableError
 
 __all__ = ["CircuitBreaker", "FailoverMailer"]
 
@@ -30,6 +32,7 @@ class CircuitBreaker:
 
     def __init__(self, client: redis.Redis, name: str, cooldown: float) -> None:
         self._redis = client
+        self.name = name
         self._key = keys.circuit(name)
         self.cooldown = cooldown
 
@@ -42,6 +45,17 @@ class CircuitBreaker:
         if self.cooldown > 0:
             self._redis.set(self._key, reason[:500], px=int(self.cooldown * 1000))
 
+    def close(self) -> None:
+        """Stop skipping the provider now (a probe found it back)."""
+        self._redis.delete(self._key)
+
+    def remaining(self) -> float:
+        """Seconds until the provider is tried again; 0 when the circuit is closed."""
+        if self.cooldown <= 0:
+            return 0.0
+        milliseconds = int(self._redis.pttl(self._key))
+        return max(milliseconds, 0) / 1000
+
 
 class FailoverMailer:
     """The primary SMTP channel, and the fallback when the primary is unavailable.
@@ -52,16 +66,23 @@ class FailoverMailer:
     """
 
     def __init__(
-        self, primary: SmtpChannel, fallback: SmtpChannel | None, circuit: CircuitBreaker
+        self,
+        primary: SmtpChannel,
+        fallback: SmtpChannel | None,
+        circuit: CircuitBreaker,
+        fallback_circuit: CircuitBreaker | None = None,
     ) -> None:
         self.primary = primary
         self.fallback = fallback
         self.circuit = circuit
+        self.fallback_circuit = fallback_circuit
 
     def send(self, message: ComposedEmail, sender: str, recipient: str) -> Receipt:
-        """Send through the primary, or the fallback within the same attempt."""
-        if self.fallback is None:
-            return self.primary.send(message, sender, recipient)
+        """Send through the primary, or the fallback within the same attempt.
+
+        Raises ``CircuitOpenError`` without trying anything when every
+        provider is being skipped.
+        """
         primary_error: ProviderUnavailableError | None = None
         if not self.circuit.is_open():
             try:
@@ -69,12 +90,38 @@ class FailoverMailer:
             except ProviderUnavailableError as exc:
                 self.circuit.trip(str(exc))
                 primary_error = exc
+        fallback = self.fallback
+        if fallback is None:
+            if primary_error is not None:
+                raise primary_error
+            raise CircuitOpenError("not tried: the SMTP provider's circuit is open")
+        if self.fallback_circuit is not None and self.fallback_circuit.is_open():
+            if primary_error is not None:
+                raise ProviderUnavailableError(f"primary: {primary_error}; fallback: circuit open")
+            raise CircuitOpenError("not tried: both SMTP providers' circuits are open")
         try:
-            return self.fallback.send(message, sender, recipient)
+            return fallback.send(message, sender, recipient)
         except ProviderUnavailableError as exc:
+            if self.fallback_circuit is not None:
+                self.fallback_circuit.trip(str(exc))
             if primary_error is None:
                 raise
             raise ProviderUnavailableError(f"primary: {primary_error}; fallback: {exc}") from exc
+
+    def down(self) -> bool:
+        """Every provider's circuit is open: nothing would be tried (``notifier.hold``)."""
+        if not self.circuit.is_open():
+            return False
+        if self.fallback is None:
+            return True
+        return self.fallback_circuit is not None and self.fallback_circuit.is_open()
+
+    def circuits(self) -> list[tuple[SmtpChannel, CircuitBreaker]]:
+        """Each provider with its circuit breaker, the primary first (for the outage probe)."""
+        pairs = [(self.primary, self.circuit)]
+        if self.fallback is not None and self.fallback_circuit is not None:
+            pairs.append((self.fallback, self.fallback_circuit))
+        return pairs
 
     def close(self) -> None:
         """Close both connections."""
