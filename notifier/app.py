@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import redis
-from celery import Celery, Task
+from celery import Celery, Task, bootsteps
 from celery.exceptions import Reject
 from celery.signals import (
     celeryd_init,
@@ -37,7 +37,6 @@ from notifier.errors import NotifierError, PublishError
 from notifier.jobs import Job
 from notifier.logs import configure_logging, route_stdlib_logging
 from notifier.metrics import endpoint
-from notifier.periodic import Periodic
 from notifier.runtime import Runtime
 from notifier.settings import Settings
 from notifier.transport import RejectedEntry
@@ -194,6 +193,29 @@ class NotifierConsumer(Consumer):
         message.ack()
 
 
+class OutageWatchStep(bootsteps.StartStopStep):
+    """The worker's outage watch (``notifier.outage``), in its main process.
+
+    Periodic work runs inside the workers, one host at a time (docs/DESIGN.md
+    §10). A worker bootstep, so every worker has one, embedded ones too;
+    started after the pool, so no forked child inherits the thread.
+    """
+
+    requires = ("celery.worker.components:Pool",)
+
+    def start(self, parent: Any) -> None:
+        app = parent.app
+        if isinstance(app, NotifierCelery):
+            self.obj = outage.start_watch(app.runtime)
+
+    def stop(self, parent: Any) -> None:
+        watch, self.obj = self.obj, None
+        if watch is not None:
+            watch.stop()
+
+    terminate = stop
+
+
 class NotifierCelery(Celery):
     """A Celery app that carries notifier's settings and its per-process Runtime."""
 
@@ -203,8 +225,6 @@ class NotifierCelery(Celery):
         self._runtime: Runtime | None = None
         self._runtime_pid = 0
         self._runtime_lock = threading.Lock()
-        self.outage_watch: Periodic | None = None
-        """The outage watch of this worker's main process (``notifier.outage``)."""
 
     @property
     def runtime(self) -> Runtime:
@@ -236,6 +256,7 @@ def create_app(settings: Settings) -> NotifierCelery:
     }
     # Set here, not in celeryconfig: it names a class of this module.
     app.conf.worker_consumer = f"{__name__}:NotifierConsumer"
+    app.steps["worker"].add(OutageWatchStep)
 
     # shared=False: otherwise Celery copies these closures into every app made
     # later in the process (tests make one per test), bound to the wrong settings.
@@ -340,22 +361,10 @@ def _serve_metrics(**_: Any) -> None:
         _metrics_server = endpoint.serve(_worker_app.settings)
 
 
-@worker_ready.connect
-def _start_outage_watch(sender: Any = None, **_: Any) -> None:
-    # In the main process, after the pool forked: periodic work runs inside
-    # the workers, one host at a time (docs/DESIGN.md §10).
-    app = getattr(sender, "app", None)
-    if isinstance(app, NotifierCelery) and app.outage_watch is None:
-        app.outage_watch = outage.start_watch(app.runtime)
-
-
 @worker_shutdown.connect
 def _stop_metrics(sender: Any = None, **_: Any) -> None:
     global _metrics_server
     app = getattr(sender, "app", None)
-    if isinstance(app, NotifierCelery) and app.outage_watch is not None:
-        app.outage_watch.stop()
-        app.outage_watch = None
     if isinstance(app, NotifierCelery) and metrics.recent.pending():
         # A solo or embedded worker's last tallies, while its runtime is still open.
         metrics.recent.flush(app.runtime.redis)

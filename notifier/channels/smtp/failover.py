@@ -17,6 +17,7 @@ from notifier.channels import Receipt
 from notifier.channels.smtp.connection import SmtpChannel
 from notifier.compose import ComposedEmail
 from notifier.errors import CircuitOpenError, ProviderUnavailableError
+from notifier.redis_clients import reply_text
 
 __all__ = ["CircuitBreaker", "FailoverMailer"]
 
@@ -38,7 +39,14 @@ class CircuitBreaker:
 
     def is_open(self) -> bool:
         """Whether the provider is being skipped right now."""
-        return self.cooldown > 0 and bool(self._redis.exists(self._key))
+        return self.open_reason() is not None
+
+    def open_reason(self) -> str | None:
+        """Why the provider is being skipped (the error that tripped it), or None if it is not."""
+        if self.cooldown <= 0:
+            return None
+        reason = self._redis.get(self._key)
+        return None if reason is None else reply_text(reason)
 
     def trip(self, reason: str) -> None:
         """Skip the provider for the cool-down."""
@@ -84,7 +92,8 @@ class FailoverMailer:
         provider is being skipped.
         """
         primary_error: ProviderUnavailableError | None = None
-        if not self.circuit.is_open():
+        primary_down = self.circuit.open_reason()
+        if primary_down is None:
             try:
                 return self.primary.send(message, sender, recipient)
             except ProviderUnavailableError as exc:
@@ -94,11 +103,21 @@ class FailoverMailer:
         if fallback is None:
             if primary_error is not None:
                 raise primary_error
-            raise CircuitOpenError("not tried: the SMTP provider's circuit is open")
-        if self.fallback_circuit is not None and self.fallback_circuit.is_open():
+            raise CircuitOpenError(
+                f"not tried: the SMTP provider's circuit is open ({primary_down})"
+            )
+        fallback_down = (
+            None if self.fallback_circuit is None else self.fallback_circuit.open_reason()
+        )
+        if fallback_down is not None:
             if primary_error is not None:
-                raise ProviderUnavailableError(f"primary: {primary_error}; fallback: circuit open")
-            raise CircuitOpenError("not tried: both SMTP providers' circuits are open")
+                raise ProviderUnavailableError(
+                    f"primary: {primary_error}; fallback: circuit open ({fallback_down})"
+                )
+            raise CircuitOpenError(
+                "not tried: both SMTP providers' circuits are open "
+                f"(primary: {primary_down}; fallback: {fallback_down})"
+            )
         try:
             return fallback.send(message, sender, recipient)
         except ProviderUnavailableError as exc:
