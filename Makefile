@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint typecheck check bench soak clean
+.PHONY: demo test test-fast lint typecheck check bench soak outage-hold clean
 
 # The extra testing brings the demo's SMTP sink and embedded Redis (dev includes it too).
 $(STAMP): pyproject.toml
@@ -41,6 +41,10 @@ bench: $(STAMP)
 # (about 3 minutes each); exits non-zero if any accepted event was lost.
 soak: $(STAMP)
 	$(BIN)/python -m tests.reliability.soak --seeds 1 2 3 --duration 150 --kill-every 8-15 --rate 20
+
+# Issue 14 item 5: a 10-minute SMTP outage under a steady stream, scaled 1:30.
+outage-hold: $(STAMP)
+	$(BIN)/python -m tests.reliability.outage --outage 20 --rate 20 --sink-delay 0.002 --recovery-bound 4
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

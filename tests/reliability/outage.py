@@ -99,6 +99,8 @@ class Figures:
     expired_resets: int = 0
     recovery_seconds: float = 0.0
     """From the SMTP server's return until every email published before it was delivered."""
+    release_seconds: float = 0.0
+    """From the SMTP server's return until the hold was empty (the rest is sending)."""
     during_outage: int = 0
     """Emails published while the SMTP server was away (the resets included)."""
     held_peak: int = 0
@@ -210,6 +212,8 @@ def run(scenario: Scenario, workdir: Path) -> Figures:
         waiting = set(published_before_recovery)
 
         def caught_up() -> bool:
+            if not figures.release_seconds and not client.zcard(keys.HOLD_SINCE):
+                figures.release_seconds = round(time.monotonic() - recovered, 2)
             return waiting <= system.tally(published_before_recovery).delivered
 
         with contextlib.suppress(pytest.fail.Exception):
@@ -275,6 +279,9 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--reset-lifetime", type=float, default=defaults.reset_lifetime)
     parser.add_argument("--cooldown", type=float, default=defaults.cooldown, help="seconds")
     parser.add_argument("--hold-max", type=float, default=defaults.hold_max, help="seconds")
+    parser.add_argument(
+        "--sink-delay", type=float, default=defaults.sink_delay, help="seconds per message"
+    )
     parser.add_argument("--drain-timeout", type=float, default=120.0, help="seconds")
     parser.add_argument("--recovery-bound", type=float, default=4.0, help="seconds (2 min at 1:30)")
     parser.add_argument("--workdir", type=Path, default=ROOT / "var" / "outage")
@@ -293,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         reset_lifetime=arguments.reset_lifetime,
         cooldown=arguments.cooldown,
         hold_max=arguments.hold_max,
+        sink_delay=arguments.sink_delay,
         drain_timeout=arguments.drain_timeout,
     )
     figures = run(scenario, arguments.workdir)
