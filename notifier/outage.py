@@ -115,8 +115,9 @@ class OutageWatch:
         started = self._monotonic()
         now = self.rt.clock()
         result.expired = self._give_up(self.hold.past_deadline, now, now, "expired", started)
-        limit = now - timedelta(seconds=self.hold_max)
-        result.overdue = self._give_up(self.hold.held_before, limit, now, "failed", started)
+        if self.hold_max > 0:
+            limit = now - timedelta(seconds=self.hold_max)
+            result.overdue = self._give_up(self.hold.held_before, limit, now, "failed", started)
         if self.mailer.down():
             result.probes = self._probe_due()
         if not self.mailer.down():
@@ -210,12 +211,14 @@ class OutageWatch:
 
 
 def start_watch(rt: Runtime) -> Periodic | None:
-    """Start the outage watch for this worker process; None when there is no hold."""
-    if rt.hold is None or rt.mailer is None:
+    """Start the outage watch for this worker process; None without an SMTP mailer."""
+    if rt.mailer is None:
         return None
+    # With the hold switched off, what an earlier run held is still released.
+    hold = rt.hold if rt.hold is not None else OutageHold(rt.redis, rt.mailer.down)
     lock = LeaseLock(rt.redis, keys.HOLD_LOCK, LEASE)
     interval = tick_interval(rt.settings.notifier_circuit_cooldown)
-    watch = OutageWatch(rt, rt.hold, rt.mailer, lock, interval=interval)
+    watch = OutageWatch(rt, hold, rt.mailer, lock, interval=interval)
     periodic = Periodic(
         "outage",
         interval,

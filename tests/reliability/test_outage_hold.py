@@ -58,3 +58,11 @@ def test_the_held_emails_are_delivered_soon_after_the_provider_returns(outage: F
 def test_the_hold_costs_a_bounded_number_of_bytes_per_email_and_empties(outage: Figures) -> None:
     assert outage.bytes_per_held <= BYTES_PER_HELD_BOUND
     assert outage.hold_left == 0
+
+
+def test_redis_grows_during_the_outage_by_no_more_than_the_held_emails_need(
+    outage: Figures,
+) -> None:
+    # Beside the hold: the ledger's markers, kombu's bookkeeping, tallies (2 MiB is ample).
+    growth = outage.used_memory_peak - outage.used_memory_before
+    assert growth <= outage.held_peak * BYTES_PER_HELD_BOUND + 2 * 1024 * 1024

@@ -209,6 +209,25 @@ def test_an_email_held_less_than_the_hold_max_stays(parts: Parts) -> None:
     assert parts.hold.count() == 1
 
 
+def test_with_the_hold_switched_off_what_was_held_before_is_released_not_expired(
+    client: fakeredis.FakeRedis,
+) -> None:
+    settings = make_settings(notifier_circuit_cooldown=COOLDOWN, notifier_outage_hold_max=0)
+    scheduler = RecordingScheduler()
+    rt = Runtime.from_settings(settings, scheduler, client=client, clock=lambda: NOW)
+    assert rt.hold is None
+    assert rt.mailer is not None
+    leftover = OutageHold(client, rt.mailer.down)
+    leftover.put(email_job(), NOW - timedelta(days=3))
+    lock = LeaseLock(client, keys.HOLD_LOCK, LEASE)
+    watch = OutageWatch(rt, leftover, rt.mailer, lock, interval=1.0, monotonic=lambda: 0.0)
+
+    watch.tick()
+
+    assert len(scheduler.scheduled) == 1
+    assert list(rt.dead_letters) == []
+
+
 def test_another_host_holding_the_lock_keeps_this_one_from_acting(
     parts: Parts, client: fakeredis.FakeRedis
 ) -> None:
