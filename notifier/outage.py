@@ -12,7 +12,8 @@ while the hold (``notifier.hold``) is not empty:
    tick before its circuit would close (connect and EHLO with the sending
    code's connection layer, as ``notifier health`` does; nothing is sent). A
    failed probe keeps the circuit open for another cool-down, so during an
-   outage no email pays a provider's timeout; a good one closes it.
+   outage no email pays a provider's timeout; a good one closes it, and the
+   release starts at the next tick.
 3. With a provider back, releases the held emails onto ``notifier.email``,
    the longest held first, as ordinary ``notifier.deliver`` jobs with the
    attempt they had, while that queue holds fewer than ``HIGH_WATER``
@@ -120,6 +121,11 @@ class OutageWatch:
             result.overdue = self._give_up(self.hold.held_before, limit, now, "failed", started)
         if self.mailer.down():
             result.probes = self._probe_due()
+            if any(ok for _, ok in result.probes):
+                # From the next tick on: by then every process has seen the circuit
+                # close (CircuitBreaker.recheck <= the interval), so none holds
+                # a released email again on a stale answer.
+                return result
         if not self.mailer.down():
             result.released = self._release(started)
         if result.expired or result.overdue or result.released:

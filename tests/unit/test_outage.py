@@ -127,6 +127,7 @@ def test_a_probe_that_succeeds_releases_every_held_email_with_the_attempt_it_had
     for job in jobs:
         parts.hold.put(job, NOW)
     parts.probe.ok = True
+    parts.watch.tick()  # the probe closes the circuit
 
     tick = parts.watch.tick()
 
@@ -135,6 +136,18 @@ def test_a_probe_that_succeeds_releases_every_held_email_with_the_attempt_it_had
     assert {countdown for _, countdown in parts.scheduler.scheduled} == {0}
     assert tick.released == 3
     assert parts.hold.count() == 0
+
+
+def test_the_release_waits_for_the_tick_after_the_probe_that_found_the_provider_back(
+    parts: Parts,
+) -> None:
+    parts.trip()
+    parts.hold.put(email_job(), NOW)
+    parts.probe.ok = True
+
+    parts.watch.tick()
+
+    assert parts.scheduler.scheduled == []
 
 
 def test_the_circuit_closes_when_the_probe_succeeds(parts: Parts) -> None:
