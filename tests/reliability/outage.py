@@ -25,8 +25,8 @@ of the hold's keys at the peak, divided by the entries) and Redis's
 is the issue's 10-minute outage at 1:30 (``make outage-hold``). How soon the
 held emails are all delivered depends on the worker's spare capacity once
 the hold has emptied (``release_seconds``): 600 held emails at 30 new ones a
-second took 2.9 s with a 2 ms SMTP server and 6.8 s with a 10 ms one on a
-shared 2-core machine (one worker, ``-c 2``). It prints one
+second took 2.9-3.9 s with a 2 ms SMTP server and 6.8-7.7 s with a 10 ms
+one on a shared 2-core machine (one worker, ``-c 2``). It prints one
 JSON line of figures and exits 1 when an email was lost, dead-lettered but
 for the expiring resets, or the recovery took longer than ``--recovery-bound``.
 ``tests/reliability/test_outage_hold.py`` runs a short version.
