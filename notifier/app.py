@@ -17,7 +17,7 @@ from typing import Any
 
 import celery
 import redis
-from celery import Celery, Task
+from celery import Celery, Task, bootsteps
 from celery.exceptions import Reject
 from celery.signals import (
     celeryd_after_setup,
@@ -34,7 +34,7 @@ from kombu.exceptions import OperationalError
 from vine import promise
 
 import celeryconfig
-from notifier import keys, metrics, pipeline
+from notifier import keys, metrics, outage, pipeline
 from notifier.errors import NotifierError, PublishError
 from notifier.jobs import Job
 from notifier.logs import configure_logging, get_logger, route_stdlib_logging
@@ -195,6 +195,29 @@ class NotifierConsumer(Consumer):
         message.ack()
 
 
+class OutageWatchStep(bootsteps.StartStopStep):
+    """The worker's outage watch (``notifier.outage``), in its main process.
+
+    Periodic work runs inside the workers, one host at a time (docs/DESIGN.md
+    §10). A worker bootstep, so every worker has one, embedded ones too;
+    started after the pool, so no forked child inherits the thread.
+    """
+
+    requires = ("celery.worker.components:Pool",)
+
+    def start(self, parent: Any) -> None:
+        app = parent.app
+        if isinstance(app, NotifierCelery):
+            self.obj = outage.start_watch(app.runtime)
+
+    def stop(self, parent: Any) -> None:
+        watch, self.obj = self.obj, None
+        if watch is not None:
+            watch.stop()
+
+    terminate = stop
+
+
 class NotifierCelery(Celery):
     """A Celery app that carries notifier's settings and its per-process Runtime."""
 
@@ -235,6 +258,7 @@ def create_app(settings: Settings) -> NotifierCelery:
     }
     # Set here, not in celeryconfig: it names a class of this module.
     app.conf.worker_consumer = f"{__name__}:NotifierConsumer"
+    app.steps["worker"].add(OutageWatchStep)
 
     # shared=False: otherwise Celery copies these closures into every app made
     # later in the process (tests make one per test), bound to the wrong settings.

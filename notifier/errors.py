@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AmbiguousDeliveryError",
+    "CircuitOpenError",
     "ConfigurationError",
     "DeadlineExpiredError",
     "DeliveryBusyError",
@@ -70,6 +71,10 @@ class DeadlineExpiredError(TransientError):
     def __init__(self, message: str, *, deadline: Deadline) -> None:
         super().__init__(message)
         self.deadline = deadline
+
+
+class CircuitOpenError(ProviderUnavailableError):
+    """Nothing was tried: every provider's circuit breaker is open (an outage under way)."""
 
 
 class InvalidEventError(PermanentError):

@@ -7,6 +7,7 @@ importing each other (docs/DESIGN.md §1).
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -28,6 +29,9 @@ class Job(BaseModel):
     replay_grant: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
     """An operator replayed it: the one-time grant (in Redis) to skip the per-recipient
     limits. A job cannot give itself one; ``replay`` writes it."""
+    held_since: datetime | None = None
+    """When an SMTP outage first put it on hold (``notifier.hold``): a job released and
+    held again keeps its first time, so ``NOTIFIER_OUTAGE_HOLD_MAX`` bounds the whole wait."""
 
 
 class Scheduler(Protocol):

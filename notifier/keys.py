@@ -12,6 +12,10 @@ __all__ = [
     "EMAIL_QUEUE",
     "EVENTS_QUEUE",
     "HANDLE_EVENT_TASK",
+    "HOLD_DEADLINES",
+    "HOLD_JOBS",
+    "HOLD_LOCK",
+    "HOLD_SINCE",
     "PREFIX",
     "QUEUES",
     "REPLAY_GRANT_TTL",
@@ -103,3 +107,15 @@ TRANSPORT_REJECTED_SEQ = f"{PREFIX}transport:rejected:seq"
 
 TRANSPORT_REJECTED_LOCK = f"{PREFIX}transport:rejected:lock"
 """Held (with a lease) by the one consumer draining the rejected entries."""
+
+HOLD_JOBS = f"{PREFIX}hold:jobs"
+"""Emails held during an SMTP outage: a hash, delivery id → ``<token>\\n<job JSON>``."""
+
+HOLD_SINCE = f"{PREFIX}hold:since"
+"""Sorted set of held delivery ids, scored by when each was first held (epoch seconds)."""
+
+HOLD_DEADLINES = f"{PREFIX}hold:deadlines"
+"""Sorted set of held delivery ids that have a deadline (``not_after``), scored by it."""
+
+HOLD_LOCK = f"{PREFIX}hold:lock"
+"""Held (with a lease) by the one worker host that probes and releases the hold."""

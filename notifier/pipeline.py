@@ -28,13 +28,16 @@ from notifier.deadletter import AttemptRecord, DeadLetter, Status
 from notifier.deadlines import Deadline, earliest
 from notifier.errors import (
     AmbiguousDeliveryError,
+    CircuitOpenError,
     DeadlineExpiredError,
     InvalidEventError,
     NotifierError,
     PermanentError,
+    ProviderUnavailableError,
     TransientError,
 )
 from notifier.events import Event, json_type, parse_event
+from notifier.hold import OutageHold
 from notifier.jobs import Job
 from notifier.ledger import ClaimState
 from notifier.logs import get_logger
@@ -46,6 +49,7 @@ __all__ = [
     "Job",
     "Outcome",
     "count_redelivery",
+    "dead_letter_held",
     "deliver",
     "handle_event",
     "parse_job",
@@ -67,6 +71,7 @@ OutcomeName = Literal[
     "fallback",
     "rate_limited",
     "ambiguous",
+    "held",
 ]
 
 
@@ -365,6 +370,9 @@ def _failed(job: Job, rt: Runtime, exc: NotifierError, *, exempt: bool = False) 
             error,
             status="expired",
         )
+    hold = _hold_for(job, rt, exc)
+    if hold is not None:
+        return _hold(hold, _with_leave(job, exempt, rt), rt, error)
     if isinstance(exc, AmbiguousDeliveryError):
         # The provider may have it: retried as a normal attempt (at least
         # once), but said aloud, and so in the dead letter's history too
@@ -384,6 +392,34 @@ def _failed(job: Job, rt: Runtime, exc: NotifierError, *, exempt: bool = False) 
             return Outcome(job.delivery.delivery_id, "retried", error=error)
         error = f"{error} (gave up after {job.attempt} attempts)"
     return _dead(job.model_copy(update={"history": history}), rt, error, status="failed")
+
+
+def _hold_for(job: Job, rt: Runtime, exc: NotifierError) -> OutageHold | None:
+    """The hold, when this email failed because every SMTP provider is down."""
+    hold = rt.hold
+    if hold is None or job.delivery.channel != "email":
+        return None
+    if isinstance(exc, CircuitOpenError):
+        return hold
+    # This attempt found the provider down (and tripped its circuit): held if
+    # that left no provider to try, rather than retried into a dead letter.
+    if isinstance(exc, ProviderUnavailableError) and hold.active():
+        return hold
+    return None
+
+
+def _hold(hold: OutageHold, job: Job, rt: Runtime, error: str) -> Outcome:
+    # No attempt is used up: the job comes back with the attempt it had
+    # (docs/DESIGN.md §10: state `held`, not final).
+    held = hold.put(job, rt.clock())
+    since = held.held_since
+    _log_outcome(rt, job, "held", error=error, held_since=iso_utc(since) if since else None)
+    return Outcome(job.delivery.delivery_id, "held", error=error)
+
+
+def dead_letter_held(job: Job, error: str, status: Status, rt: Runtime) -> Outcome:
+    """Dead-letter a held email that ran out of time (``notifier.outage``)."""
+    return _dead(job, rt, error, status=status, record=False)
 
 
 def _dead(job: Job, rt: Runtime, error: str, *, status: Status, record: bool = True) -> Outcome:
@@ -508,7 +544,9 @@ def replay(entry: DeadLetter, rt: Runtime) -> str:
 def _log_outcome(rt: Runtime, job: Job, outcome: OutcomeName, **fields: object) -> None:
     delivery = job.delivery
     rt.metrics.record_delivery(delivery.channel, delivery.event_type, outcome)
-    level = "warning" if outcome in ("retried", "dead", "rate_limited", "ambiguous") else "info"
+    level = (
+        "warning" if outcome in ("retried", "held", "dead", "rate_limited", "ambiguous") else "info"
+    )
     if fields.get("recorded") is False:
         level = "warning"  # a send the ledger missed: it will be repeated
     getattr(get_logger(), level)(

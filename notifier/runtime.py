@@ -33,6 +33,7 @@ from notifier.compose import ComposedEmail, SmsMessage, parse_sender
 from notifier.deadletter import DeadLetterStore
 from notifier.deadlines import Deadline
 from notifier.errors import ConfigurationError
+from notifier.hold import OutageHold
 from notifier.jobs import Scheduler
 from notifier.ledger import Ledger
 from notifier.ratelimit import RecipientLimiter, Throttle, parse_rate_limits
@@ -98,11 +99,20 @@ def _now() -> datetime:
 
 def _mailer(settings: Settings, client: Redis) -> FailoverMailer:
     fallback = SmtpProvider.fallback(settings)
+    cooldown = settings.notifier_circuit_cooldown
     return FailoverMailer(
         SmtpChannel(SmtpProvider.primary(settings)),
         SmtpChannel(fallback) if fallback else None,
-        CircuitBreaker(client, "smtp-primary", settings.notifier_circuit_cooldown),
+        CircuitBreaker(client, "smtp-primary", cooldown),
+        CircuitBreaker(client, "smtp-fallback", cooldown) if fallback else None,
     )
+
+
+def _hold(settings: Settings, client: Redis, mailer: FailoverMailer) -> OutageHold | None:
+    # Holding needs circuits to tell an outage (a cool-down of 0 has none).
+    if settings.notifier_outage_hold_max <= 0 or settings.notifier_circuit_cooldown <= 0:
+        return None
+    return OutageHold(client, mailer.down)
 
 
 @dataclass
@@ -125,6 +135,10 @@ class Runtime:
     clock: Callable[[], datetime] = _now
     monotonic: Callable[[], float] = time.monotonic
     """Seconds for time spent (a task's budget, notifier.budget); wall-clock jumps don't move it."""
+    hold: OutageHold | None = None
+    """Where emails wait while every SMTP provider is down; None: no hold (``notifier.hold``)."""
+    mailer: FailoverMailer | None = None
+    """The production mailer behind ``smtp``, for the outage watch's probes and circuits."""
     metrics: MetricsRecorder = field(default_factory=metrics_package.ProcessRecorder)
     _sender: Address | None = field(default=None, init=False, repr=False)
 
@@ -139,6 +153,7 @@ class Runtime:
     ) -> Runtime:
         """The production parts for these settings (``client``: a Redis client to use)."""
         client = client if client is not None else redis_client(settings)
+        mailer = _mailer(settings, client)
         return cls(
             settings=settings,
             scheduler=scheduler,
@@ -149,7 +164,7 @@ class Runtime:
             ),
             dead_letters=DeadLetterStore(client, clock=clock),
             retry=RetryPolicy.from_settings(settings),
-            smtp=_mailer(settings, client),
+            smtp=mailer,
             sms_sender=SmsChannel(settings) if settings.sms_enabled else None,
             recipient_limits=RecipientLimiter(
                 client, parse_rate_limits(settings.notifier_rate_limits)
@@ -159,6 +174,8 @@ class Runtime:
                 "sms": Throttle(client, "twilio", settings.notifier_sms_mps),
             },
             clock=clock,
+            hold=_hold(settings, client, mailer),
+            mailer=mailer,
         )
 
     def sender(self) -> Address:

@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     notifier_sms_mps: float = Field(1.0, ge=0)  # long code 1, toll-free 3, short code 100
     notifier_smtp_mps: float = Field(0.0, ge=0)  # 0 = the provider sets no quota
     notifier_circuit_cooldown: float = Field(30.0, ge=0)
+    # Seconds an email may wait in the outage hold while every SMTP provider is
+    # down (notifier.hold); 0 = no hold: retries and dead letters as before.
+    notifier_outage_hold_max: float = Field(86_400.0, ge=0)
     notifier_dlq_alert_threshold: int = Field(1000, ge=1)
     notifier_metrics_port: int = Field(9808, ge=0, le=65535)  # 0 = no metrics endpoint
     notifier_template_dir: Path | None = None

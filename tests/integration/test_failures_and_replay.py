@@ -43,7 +43,7 @@ def _gaps(at: list[str]) -> list[float]:
     return [(later - earlier).total_seconds() for earlier, later in pairwise(moments)]
 
 
-def test_an_smtp_outage_ends_in_dead_letters_that_replay_delivers_exactly_once(
+def test_with_the_hold_off_an_smtp_outage_ends_in_dead_letters_that_replay_delivers_once(
     worker_for: Callable[[Settings], NotifierCelery],
     settings_for: Callable[..., Settings],
     smtp_sink: SmtpSink,
@@ -53,6 +53,9 @@ def test_an_smtp_outage_ends_in_dead_letters_that_replay_delivers_exactly_once(
         notifier_retry_max_attempts=4,
         notifier_retry_backoff_base=0.1,
         notifier_retry_backoff_max=0.5,
+        # No hold, no circuit: every attempt tries the server, then a dead letter.
+        notifier_outage_hold_max=0,
+        notifier_circuit_cooldown=0,
     )
     app = worker_for(settings)
     smtp_sink.stop()
@@ -81,6 +84,37 @@ def test_an_smtp_outage_ends_in_dead_letters_that_replay_delivers_exactly_once(
     received = smtp_sink.wait_for(3, timeout=15)
     second = notifier_cli(settings, "dlq", "replay", "--all")
     assert "0 replayed" in second.stdout
+
+    assert sorted(m.rcpt_tos[0] for m in received) == sorted(
+        ["ada@example.com", "ada@example.com", "grace@example.com"]
+    )
+    assert dead_letters.count() == 0
+
+
+def test_an_smtp_outage_holds_the_emails_and_sends_them_when_the_server_is_back(
+    worker_for: Callable[[Settings], NotifierCelery],
+    settings_for: Callable[..., Settings],
+    smtp_sink: SmtpSink,
+    dead_letters: DeadLetterStore,
+) -> None:
+    settings = settings_for(
+        notifier_retry_max_attempts=2,
+        notifier_retry_backoff_base=0.1,
+        notifier_retry_backoff_max=0.2,
+        notifier_circuit_cooldown=0.5,  # the watch probes about every 0.5 s
+    )
+    app = worker_for(settings)
+    smtp_sink.stop()
+    for event in [samples.user_registered(), samples.booking_cancelled()]:
+        publish(event, app=app)
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        eventually(lambda: client.zcard(keys.HOLD_SINCE) == 3, timeout=20, what="3 held")
+        smtp_sink.start()
+        received = smtp_sink.wait_for(3, timeout=20)
+        eventually(lambda: client.zcard(keys.HOLD_SINCE) == 0, timeout=10, what="the hold empty")
+    finally:
+        client.close()
 
     assert sorted(m.rcpt_tos[0] for m in received) == sorted(
         ["ada@example.com", "ada@example.com", "grace@example.com"]

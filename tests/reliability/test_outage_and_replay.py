@@ -1,4 +1,6 @@
-"""The SMTP provider goes away: everything ends in the dead-letter store; replay delivers it once.
+"""With the outage hold off, an SMTP outage ends in dead letters; replay delivers each once.
+
+(With the hold on, the default, the emails wait instead: test_outage_hold.py.)
 
 Replay is an operator's command (``notifier dlq replay``) run as a separate
 process against a running worker, twice at once where that is the point.
@@ -57,6 +59,8 @@ def replayed_count(output: str) -> int:
 def test_an_smtp_outage_longer_than_the_retry_schedule_ends_in_replay_delivering_once(
     system: System,
 ) -> None:
+    # No hold and no circuit: every attempt tries the server, then a dead letter.
+    system.configure(NOTIFIER_OUTAGE_HOLD_MAX="0", NOTIFIER_CIRCUIT_COOLDOWN="0")
     events = event_batch(40, tag="outage-")
     planned = planned_emails(events)
     system.worker().wait_ready()
