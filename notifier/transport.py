@@ -376,7 +376,7 @@ class SentinelChannel(ReliableFetch, kombu_redis.SentinelChannel):  # type: igno
         # connection error instead lets Celery reconnect (through the
         # Sentinels); what the channel held stays in unacked, and the
         # visibility sweep hands it out again (docs/guarantees.md).
-        if self.connection.client is None:
+        if self.connection is None or self.connection.client is None:
             raise redis.ConnectionError("the broker connection was closed")
         return super()._get_pool(asynchronous)  # type: ignore[misc]
 

@@ -15,6 +15,9 @@ first email of an event published through the new master.
 from __future__ import annotations
 
 import contextlib
+import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -33,6 +36,7 @@ from notifier.testing import make_settings
 from tests.reliability.conftest import (
     System,
     event_batch,
+    operator_environment,
     planned_emails,
     received_ids,
     report,
@@ -267,3 +271,35 @@ def test_a_store_write_to_a_demoted_master_is_retried_on_the_new_one(
             assert new_master.get("notifier:test:after") == b"1"
     finally:
         client.close()
+
+
+def test_the_cli_reaches_the_master_through_the_sentinels_and_never_prints_the_password(
+    cluster: SentinelCluster,
+) -> None:
+    password = "sentinel-test-pw-4417"
+    for node in cluster.nodes:  # the data nodes now want a password (the URL's user info)
+        with contextlib.closing(node.client()) as client:
+            client.config_set("masterauth", password)
+            client.config_set("requirepass", password)
+    for sentinel in cluster.sentinels:
+        with contextlib.closing(sentinel.client()) as client:
+            client.sentinel_set(MASTER_NAME, "auth-pass", password)
+    environment = operator_environment(cluster.url(userinfo=f":{password}@"))
+
+    health = run_cli(["health", "--json"], environment)
+    stats = run_cli(["dlq", "stats", "--json"], environment)
+
+    checks = {check["name"]: check for check in json.loads(health.stdout)["checks"]}
+    assert checks["redis"]["status"] == "ok", checks["redis"]
+    assert checks["redis"]["detail"].startswith("master 'mymaster' via sentinels 127.0.0.1:")
+    assert stats.returncode == 0, stats.stderr
+    assert json.loads(stats.stdout)["total"] == 0
+    for result in (health, stats):
+        assert password not in result.stdout + result.stderr
+
+
+def run_cli(arguments: list[str], environment: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "notifier", *arguments],
+        env=environment, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
