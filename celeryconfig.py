@@ -20,9 +20,16 @@ from typing import Any
 from kombu import Exchange, Queue
 
 from notifier import keys
+from notifier.sentinel_url import SentinelUrl, is_sentinel_url
 from notifier.settings import Settings
 
-__all__ = ["broker_transport", "build", "publish_retry_policy", "unacked_sweep_interval"]
+__all__ = [
+    "broker_transport",
+    "build",
+    "publish_retry_policy",
+    "sentinel_options",
+    "unacked_sweep_interval",
+]
 
 
 def unacked_sweep_interval(settings: Settings) -> int:
@@ -39,9 +46,31 @@ def unacked_sweep_interval(settings: Settings) -> int:
 
 def broker_transport(redis_url: str) -> str:
     """Our transport class for this URL's scheme (``sentinel://`` or ``redis://``)."""
-    if redis_url.startswith("sentinel://"):
+    if is_sentinel_url(redis_url):
         return "notifier.transport:SentinelTransport"
     return "notifier.transport:Transport"
+
+
+def sentinel_options(settings: Settings) -> tuple[str, dict[str, Any]]:
+    """The broker URL and the extra transport options for a ``sentinel://`` REDIS_URL.
+
+    kombu reads the database and password from the first ``;`` part only;
+    the URL given to it carries them on every part (notifier/sentinel_url.py),
+    so the broker and the stores use the same database. The Sentinels are
+    asked with the broker's socket timeouts, and their own credentials (from
+    ``?sentinel_password=``), which kombu takes as ``sentinel_kwargs`` only.
+    """
+    where = SentinelUrl.parse(settings.redis_url)
+    sentinel_kwargs: dict[str, Any] = {
+        "socket_timeout": BROKER_SOCKET_TIMEOUT,
+        "socket_connect_timeout": BROKER_CONNECT_TIMEOUT,
+        **where.sentinel_kwargs(),
+    }
+    options = {
+        "master_name": settings.notifier_redis_master_name,
+        "sentinel_kwargs": sentinel_kwargs,
+    }
+    return where.broker_url(), options
 
 
 def publish_retry_policy() -> dict[str, float]:
@@ -55,6 +84,10 @@ def publish_retry_policy() -> dict[str, float]:
     the tasks' own publishes (retries, SMS, fallbacks).
     """
     return {"max_retries": 5, "interval_start": 0.0, "interval_step": 0.5, "interval_max": 2.0}
+
+
+BROKER_SOCKET_TIMEOUT = 10
+BROKER_CONNECT_TIMEOUT = 5
 
 
 def build(settings: Settings) -> dict[str, Any]:
@@ -77,8 +110,8 @@ def build(settings: Settings) -> dict[str, Any]:
         "unacked_mutex_expire": min(300, visibility),
         # Without these a publish or a poll can hang forever on a half-open
         # connection (kombu's default socket_timeout is None).
-        "socket_timeout": 10,
-        "socket_connect_timeout": 5,
+        "socket_timeout": BROKER_SOCKET_TIMEOUT,
+        "socket_connect_timeout": BROKER_CONNECT_TIMEOUT,
         "socket_keepalive": True,
         "health_check_interval": 30,
         # Opening a connection is tried once per publish attempt, so the
@@ -87,8 +120,12 @@ def build(settings: Settings) -> dict[str, Any]:
         # Workers are unaffected: they reconnect under broker_connection_*.
         "max_retries": 0,
     }
+    broker_url = settings.redis_url
+    if is_sentinel_url(broker_url):
+        broker_url, extra = sentinel_options(settings)
+        transport_options.update(extra)
     return {
-        "broker_url": settings.redis_url,
+        "broker_url": broker_url,
         # kombu's Redis transport with a fetch that pops and records a message
         # in one atomic step: a killed worker can no longer take one with it
         # (notifier/transport.py, docs/guarantees.md).

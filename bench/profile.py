@@ -105,12 +105,12 @@ def profile_pipeline(events: int, redis_url: str) -> None:
     import tempfile
     import time
 
-    import redis
     from pyinstrument import Profiler
 
     from bench import workload
     from bench.sink import PostfixSink, PythonSink, Sink, find_smtp_sink
     from notifier import pipeline
+    from notifier.redis_clients import redis_client
     from notifier.runtime import Runtime
     from notifier.testing import free_port, make_settings
 
@@ -124,15 +124,15 @@ def profile_pipeline(events: int, redis_url: str) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-profile-") as workdir:
         sink: Sink = (PostfixSink if find_smtp_sink() else PythonSink)(Path(workdir), free_port())
         sink.start()
-        client = redis.Redis.from_url(redis_url)
+        settings = make_settings(
+            redis_url=redis_url,
+            mail_server=sink.host,
+            mail_port=sink.port,
+            mail_use_tls=False,
+        )
+        client = redis_client(settings)
         try:
             client.flushdb()
-            settings = make_settings(
-                redis_url=redis_url,
-                mail_server=sink.host,
-                mail_port=sink.port,
-                mail_use_tls=False,
-            )
             rt = Runtime.from_settings(settings, _Scheduler())
             batch = workload.make_events(2 * events + 100, 0.2)
             for event in batch[:100]:  # connections, template cache, scripts

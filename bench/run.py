@@ -55,6 +55,7 @@ from notifier.client import prepare, publish_many
 from notifier.compose import compose_email, parse_sender
 from notifier.events import parse_event
 from notifier.planner import plan
+from notifier.redis_clients import redis_client
 from notifier.settings import Settings
 from notifier.templates import Renderer
 from notifier.testing import (
@@ -512,7 +513,7 @@ def run(config: Config) -> dict[str, Any]:
     with _redis(config.redis_url, config.workdir) as redis_url:
         if redis_url.rstrip("/").endswith("/0"):
             raise SystemExit("refusing to flush Redis database 0: give a dedicated one")
-        client = redis.Redis.from_url(redis_url)
+        client = redis_client(_settings(redis_url, 1))
         app = create_app(_settings(redis_url, 1))
         try:
             client.flushdb()  # a dedicated database (the default is 11)

@@ -24,6 +24,7 @@ from notifier.app import create_app
 from notifier.client import publish_many
 from notifier.deadletter import DeadLetterStore
 from notifier.events import parse_event
+from notifier.health import describe_redis_url
 from notifier.keys import QUEUES
 from notifier.ledger import Ledger
 from notifier.planner import Delivery, plan
@@ -124,9 +125,12 @@ def run_demo(*, timeout: float = 60.0, root: Path | None = None) -> int:
     run_dir = root / "demo" / datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     out = print
     with ExitStack() as stack:
-        redis_url = get_settings().redis_url
-        if redis_reachable(redis_url):
-            out(f"Redis:   {redis_url} (reachable, used as is)")
+        configured = get_settings()
+        redis_url = configured.redis_url
+        master = configured.notifier_redis_master_name
+        if redis_reachable(redis_url, master_name=master):
+            # Host, port and database only: the URL may carry a password.
+            out(f"Redis:   {describe_redis_url(redis_url, master)} (reachable, used as is)")
         else:
             embedded = stack.enter_context(EmbeddedRedis(root / "redis"))
             redis_url = embedded.url

@@ -37,6 +37,7 @@ from notifier import keys
 from notifier.channels.smtp.connection import SmtpProvider, open_connection, start_tls
 from notifier.redis_clients import quick_redis
 from notifier.redis_memory import read_memory
+from notifier.sentinel_url import DEFAULT_MASTER_NAME, SentinelUrl, is_sentinel_url
 from notifier.settings import Settings
 
 __all__ = [
@@ -94,8 +95,10 @@ def _timed(name: str, probe: Callable[[], tuple[Status, str]]) -> Check:
     return Check(name, status, detail, time.perf_counter() - started)
 
 
-def describe_redis_url(url: str) -> str:
-    """``host:port/db`` of a Redis URL: no user, no password."""
+def describe_redis_url(url: str, master_name: str = DEFAULT_MASTER_NAME) -> str:
+    """``host:port/db`` of a Redis URL, or the master and its Sentinels: no user, no password."""
+    if is_sentinel_url(url):
+        return SentinelUrl.parse(url).describe(master_name)
     parts = urlsplit(url)
     if parts.scheme == "unix":
         return f"unix:{parts.path}"
@@ -217,9 +220,10 @@ def _smtp_checks(settings: Settings) -> list[Check]:
 
 def run_checks(settings: Settings) -> Report:
     """Run every check against the configured services."""
-    client = quick_redis(settings.redis_url, timeout=CHECK_TIMEOUT)
+    master = settings.notifier_redis_master_name
+    client = quick_redis(settings.redis_url, timeout=CHECK_TIMEOUT, master_name=master)
     try:
-        reachable = check_redis(client, describe_redis_url(settings.redis_url))
+        reachable = check_redis(client, describe_redis_url(settings.redis_url, master))
         checks = [reachable, *_smtp_checks(settings), check_twilio(settings)]
         if reachable.status == "ok" or ": full: " in reachable.detail:
             # A full Redis still answers reads: count what it holds.

@@ -25,6 +25,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from notifier import budget
 from notifier.errors import ConfigurationError
 from notifier.ratelimit import parse_rate_limits
+from notifier.sentinel_url import DEFAULT_MASTER_NAME, SentinelUrl, is_sentinel_url
 
 __all__ = ["Settings", "get_settings"]
 
@@ -41,6 +42,9 @@ class Settings(BaseSettings):
 
     # repr=False: the URL may carry a password (redis://:secret@host/0).
     redis_url: str = Field("redis://localhost:6379/0", repr=False)
+    # Which master the Sentinels are asked for, with a sentinel:// REDIS_URL
+    # (notifier/sentinel_url.py, docs/DESIGN.md §9).
+    notifier_redis_master_name: str = Field(DEFAULT_MASTER_NAME, min_length=1)
 
     mail_server: str = "localhost"
     mail_port: int = Field(587, ge=1, le=65535)
@@ -102,6 +106,15 @@ class Settings(BaseSettings):
         except ValidationError as exc:
             # from None: the chained ValidationError would print every value.
             raise ConfigurationError(_describe(exc)) from None
+
+    @field_validator("redis_url")
+    @classmethod
+    def _sentinel_url_parses(cls, value: str) -> str:
+        # A redis:// URL is left to redis-py; a sentinel:// one is parsed here so
+        # a mistake is named at start-up, not at the first connection.
+        if is_sentinel_url(value):
+            SentinelUrl.parse(value)  # ValueError without the URL (it may hold a password)
+        return value
 
     @field_validator("twilio_api_base_url")
     @classmethod

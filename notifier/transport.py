@@ -644,6 +644,18 @@ class Channel(ReliableFetch, kombu_redis.Channel):  # type: ignore[misc]
 class SentinelChannel(ReliableFetch, kombu_redis.SentinelChannel):  # type: ignore[misc]
     """kombu's Sentinel channel with the reliable fetch."""
 
+    def _get_pool(self, asynchronous: bool = False) -> Any:
+        # When the master dies, Celery's collect() closes the channel, which is
+        # cut short by the connection error, then detaches the transport; the
+        # second close then asks for a new pool with no connection info left
+        # and kombu raised AttributeError, which stopped the worker. A
+        # connection error instead lets Celery reconnect (through the
+        # Sentinels); what the channel held stays in unacked, and the
+        # visibility sweep hands it out again (docs/guarantees.md).
+        if self.connection is None or self.connection.client is None:
+            raise redis.ConnectionError("the broker connection was closed")
+        return super()._get_pool(asynchronous)  # type: ignore[misc]
+
 
 class Transport(kombu_redis.Transport):
     """``redis://`` with the reliable fetch."""

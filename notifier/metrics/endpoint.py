@@ -243,7 +243,7 @@ def serve(settings: Settings, *, host: str = "0.0.0.0") -> MetricsServer | None:
         return None
     from prometheus_client import start_http_server
 
-    client = quick_redis(settings.redis_url)
+    client = quick_redis(settings.redis_url, master_name=settings.notifier_redis_master_name)
     registry = build_registry(client)
     try:
         server, thread = start_http_server(

@@ -2,26 +2,24 @@
 
 from __future__ import annotations
 
-import redis
 import redis.exceptions
-from redis.backoff import NoBackoff
-from redis.retry import Retry
+
+from notifier.redis_clients import quick_redis
+from notifier.sentinel_url import DEFAULT_MASTER_NAME
 
 __all__ = ["redis_reachable"]
 
 
-def redis_reachable(url: str, timeout: float = 0.5) -> bool:
+def redis_reachable(
+    url: str, timeout: float = 0.5, *, master_name: str = DEFAULT_MASTER_NAME
+) -> bool:
     """Whether a Redis server answers PING at ``url`` within ``timeout`` seconds.
 
-    Connection refusals, timeouts and socket errors give ``False``; anything
-    else (a malformed URL, say) is raised.
+    A ``sentinel://`` URL answers when the Sentinels name a master
+    ``master_name`` and it answers. Connection refusals, timeouts and socket
+    errors give ``False``; anything else (a malformed URL, say) is raised.
     """
-    client = redis.Redis.from_url(
-        url,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), 0),  # one attempt, bounded by timeout
-    )
+    client = quick_redis(url, timeout, master_name=master_name)
     try:
         return bool(client.ping())
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
