@@ -61,15 +61,20 @@ class Deadline:
         A socket timeout of 0 would mean "non-blocking" rather than "give
         up", so an expired deadline raises instead of returning 0.
         """
-        self.check("waiting on the provider")
-        return min(timeout, self.remaining())
+        left = (self.at - self.clock()).total_seconds()  # one clock read: this runs per wait
+        if left <= 0:
+            raise self._passed("waiting on the provider")
+        return min(timeout, left)
 
     def check(self, before: str) -> None:
         """Raise ``DeadlineExpiredError`` if the instant has passed (``before``: what was next)."""
         if self.expired():
-            raise DeadlineExpiredError(
-                f"{self.name} {self.at.isoformat()} passed before {before}", deadline=self
-            )
+            raise self._passed(before)
+
+    def _passed(self, before: str) -> DeadlineExpiredError:
+        return DeadlineExpiredError(
+            f"{self.name} {self.at.isoformat()} passed before {before}", deadline=self
+        )
 
 
 def earliest(first: Deadline | None, second: Deadline | None) -> Deadline | None:
