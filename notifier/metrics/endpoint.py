@@ -33,7 +33,7 @@ count in memory, in the default registry, and serve nothing.
 
 Gauges read at scrape time
 --------------------------
-``notifier_dead_letters``, ``notifier_queue_length{queue}``,
+``notifier_dead_letters``, ``notifier_held_emails``, ``notifier_queue_length{queue}``,
 ``notifier_redis_up`` and the memory gauges (``notifier_redis_memory_used_bytes``,
 ``notifier_redis_memory_max_bytes``, ``notifier_redis_oom``: ``INFO memory``,
 ``notifier.redis_memory``) are read from Redis when Prometheus scrapes (ZCARD of
@@ -98,6 +98,7 @@ class RedisCollector:
         up = GaugeMetricFamily("notifier_redis_up", "1 when the worker's scrape could read Redis.")
         try:
             dead = int(self._redis.zcard(keys.DLQ_INDEX))
+            held = int(self._redis.zcard(keys.HOLD_SINCE))
             lengths = queue_lengths(self._redis)
         except redis.RedisError:
             up.add_metric([], 0)
@@ -108,6 +109,11 @@ class RedisCollector:
         yield from _memory_gauges(self._redis)
         yield GaugeMetricFamily(
             "notifier_dead_letters", "Entries in the dead-letter store.", value=dead
+        )
+        yield GaugeMetricFamily(
+            "notifier_held_emails",
+            "Emails waiting in the outage hold for an SMTP provider to come back.",
+            value=held,
         )
         queue = GaugeMetricFamily(
             "notifier_queue_length",

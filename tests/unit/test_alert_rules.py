@@ -21,6 +21,7 @@ METRICS = (
     "notifier_deliveries_total",
     "notifier_events_total",
     "notifier_dead_letters",
+    "notifier_held_emails",
     "notifier_queue_length",
     "notifier_redis_up",
     "notifier_redis_memory_used_bytes",
@@ -53,6 +54,7 @@ def test_the_alerts_ops_asked_for_exist(rules: dict[str, dict[str, Any]]) -> Non
         "NotifierQueueBacklog",
         "NotifierRedisMemoryHigh",
         "NotifierRedisFull",
+        "NotifierEmailsHeld",
     } <= set(rules)
 
 

@@ -305,6 +305,16 @@ def test_the_redis_collector_reports_dead_letters_and_queues(client: fakeredis.F
     assert registry.get_sample_value("notifier_queue_length", {"queue": keys.SMS_QUEUE}) == 1
 
 
+def test_the_redis_collector_reports_how_many_emails_the_outage_hold_keeps(
+    client: fakeredis.FakeRedis,
+) -> None:
+    client.zadd(keys.HOLD_SINCE, {"d1": 1, "d2": 2, "d3": 3})
+    registry = CollectorRegistry()
+    registry.register(RedisCollector(client))
+
+    assert registry.get_sample_value("notifier_held_emails") == 3
+
+
 def test_the_redis_collector_reports_a_full_redis_as_oom() -> None:
     registry = CollectorRegistry()
     registry.register(RedisCollector(ReportingMemory(used=21 * MIB, maximum=20 * MIB)))
