@@ -6,7 +6,7 @@ import dataclasses
 import email
 import email.policy
 import importlib.util
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from email.message import EmailMessage
@@ -69,6 +69,10 @@ class RecordingScheduler:
 
     def publish_event(self, event: dict[str, Any]) -> None:
         self.published.append(event)
+
+    def schedule_many(self, jobs: Sequence[Any]) -> None:
+        for job in jobs:
+            self.schedule(job, 0)
 
 
 @dataclass
