@@ -56,7 +56,6 @@ from notifier.dlq_index import (
     score_bound,
 )
 from notifier.errors import NotifierError
-from notifier.logs import get_logger
 from notifier.planner import Delivery
 from notifier.timestamps import iso_utc
 from notifier.truncation import mark, truncate, utf8_size
@@ -495,6 +494,8 @@ class DeadLetterStore:
         if count < threshold:
             return
         self._warned_at = now
+        from notifier.logs import get_logger  # structlog: not on the CLI's start-up path
+
         # Nothing is evicted to make room: say so loudly and keep accepting.
         get_logger().error("dlq.over_threshold", dead_letters=count, threshold=threshold)
 
