@@ -121,7 +121,7 @@ def profile_pipeline(events: int, redis_url: str) -> None:
         def publish_event(self, event: object) -> None:
             """Nothing to publish here."""
 
-        def schedule_many(self, jobs: object) -> None:
+        def schedule_many(self, jobs: object, events: object = ()) -> None:
             """No replays here."""
 
     with tempfile.TemporaryDirectory(prefix="bench-profile-") as workdir:

@@ -90,42 +90,61 @@ class CeleryScheduler:
         with _broker_errors():
             self.app.send_task(keys.HANDLE_EVENT_TASK, args=[event], queue=keys.EVENTS_QUEUE)
 
-    def schedule_many(self, jobs: Sequence[Job]) -> None:
-        """Publish jobs to run now in one Redis pipeline (as ``client.publish_many`` does).
+    def schedule_many(self, jobs: Sequence[Job], events: Sequence[dict[str, Any]] = ()) -> None:
+        """Publish jobs to run now, and events, in one Redis pipeline (as ``publish_many``).
 
         A bulk replay's path: one round trip per batch instead of one per job
         (docs/operations.md, "Dead letters"). All or nothing is known: on an
         error, which ones the broker took is not, and the caller puts them all
         back (the ledger stops a job that then runs twice).
         """
-        if not jobs:
+        if not jobs and not events:
             return
         app, amqp = self.app, self.app.amqp
         origin = anon_nodename()
         with _broker_errors(), app.producer_or_acquire() as producer:
-            queues = {
-                name: amqp.queues[name].bind(producer.channel)
-                for name in (keys.EMAIL_QUEUE, keys.SMS_QUEUE)
-            }
-            with producer.batch(max_size=len(jobs) + 1):
+            # Bound once: kombu binds an unbound Queue on every publish otherwise.
+            queues = {name: amqp.queues[name].bind(producer.channel) for name in keys.QUEUES}
+            with producer.batch(max_size=len(jobs) + len(events) + 1):
                 for job in jobs:
-                    task_id = uuid()
-                    body = job.model_dump(mode="json")
-                    message = amqp.create_task_message(
-                        task_id,
+                    queue = keys.EMAIL_QUEUE if job.delivery.channel == "email" else keys.SMS_QUEUE
+                    # argsrepr: Celery's saferepr of a whole job cost more than the
+                    # rest of the message, and would copy an address into headers.
+                    self._send(
+                        producer,
                         keys.DELIVER_TASK,
-                        [body],
-                        {},
-                        root_id=task_id,
-                        origin=origin,
-                        ignore_result=None,
+                        job.model_dump(mode="json"),
+                        queues[queue],
+                        f"[job {job.delivery.delivery_id}]",
+                        origin,
                     )
-                    queue = queues[
-                        keys.EMAIL_QUEUE if job.delivery.channel == "email" else keys.SMS_QUEUE
-                    ]
-                    amqp.send_task_message(
-                        producer, keys.DELIVER_TASK, message, queue=queue, retry=False
+                for event in events:
+                    self._send(
+                        producer,
+                        keys.HANDLE_EVENT_TASK,
+                        event,
+                        queues[keys.EVENTS_QUEUE],
+                        repr([{"type": event.get("type"), "event_id": event.get("event_id")}]),
+                        origin,
                     )
+
+    def _send(
+        self, producer: Any, task: str, body: object, queue: Any, argsrepr: str, origin: str
+    ) -> None:
+        amqp = self.app.amqp
+        task_id = uuid()
+        message = amqp.create_task_message(
+            task_id,
+            task,
+            [body],
+            {},
+            root_id=task_id,
+            argsrepr=argsrepr,
+            kwargsrepr="{}",
+            origin=origin,
+            ignore_result=None,  # as send_task: the task's own setting decides
+        )
+        amqp.send_task_message(producer, task, message, queue=queue, retry=False)
 
 
 class NotifierTask(Task):  # type: ignore[type-arg]

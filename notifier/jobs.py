@@ -44,8 +44,8 @@ class Scheduler(Protocol):
     def publish_event(self, event: dict[str, Any]) -> None:
         """Enqueue ``notifier.handle_event(event)`` (replaying a rejected event)."""
 
-    def schedule_many(self, jobs: Sequence[Job]) -> None:
-        """Enqueue each job to run now, in as few round trips as the broker allows.
+    def schedule_many(self, jobs: Sequence[Job], events: Sequence[dict[str, Any]] = ()) -> None:
+        """Enqueue each job to run now, and each event, in as few round trips as possible.
 
         Raises a NotifierError (``PublishError``) when the broker did not take
         them all; which ones it took is then unknown (a replay puts them all

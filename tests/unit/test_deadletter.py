@@ -711,7 +711,7 @@ class NoQueue:
     def publish_event(self, event: dict[str, object]) -> None:
         raise AssertionError("nothing is published here")
 
-    def schedule_many(self, jobs: Sequence[Any]) -> None:
+    def schedule_many(self, jobs: Sequence[Any], events: Sequence[Any] = ()) -> None:
         raise AssertionError("nothing is scheduled here")
 
 

@@ -337,10 +337,10 @@ class RecordingScheduler:
             raise PublishError("broker did not accept the job: ConnectionError")
         self.batches.append([event])
 
-    def schedule_many(self, jobs: Sequence[Any]) -> None:
+    def schedule_many(self, jobs: Sequence[Any], events: Sequence[Any] = ()) -> None:
         if self.fail:
             raise PublishError("broker did not accept the job: ConnectionError")
-        self.batches.append(list(jobs))
+        self.batches.append([*jobs, *events])
 
 
 def test_replay_many_publishes_a_batch_of_deliveries_in_one_call(

@@ -149,9 +149,11 @@ class RecordingScheduler:
     def publish_event(self, event: dict[str, Any]) -> None:
         self.scheduled.append((event, 0))
 
-    def schedule_many(self, jobs: Sequence[Any]) -> None:
+    def schedule_many(self, jobs: Sequence[Any], events: Sequence[Any] = ()) -> None:
         for job in jobs:
             self.schedule(job, 0)
+        for event in events:
+            self.publish_event(event)
 
 
 @dataclass
