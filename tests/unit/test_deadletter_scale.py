@@ -16,7 +16,6 @@ from structlog.testing import capture_logs
 
 from notifier import keys
 from notifier.deadletter import DeadLetter, DeadLetterStore, Entry, Filter, Status
-from notifier.dlq_retention import Retention, start_retention
 from notifier.errors import NotifierError, PublishError
 from notifier.events import parse_event
 from notifier.periodic import LeaseLock
@@ -295,6 +294,8 @@ def test_a_store_written_without_counts_is_indexed_on_first_read(
 def test_retention_removes_what_is_older_counts_and_logs_it(
     store: DeadLetterStore, clock: Clock, client: fakeredis.FakeRedis
 ) -> None:
+    from notifier.dlq_retention import Retention
+
     added = fill(store, clock, 30)
     clock.now = START + timedelta(seconds=29)
     lock = LeaseLock(client, keys.DLQ_RETENTION_LOCK, 10)
@@ -312,6 +313,8 @@ def test_retention_removes_what_is_older_counts_and_logs_it(
 
 
 def test_retention_is_off_by_default() -> None:
+    from notifier.dlq_retention import start_retention
+
     settings = make_settings()
     rt = Runtime.from_settings(
         settings, scheduler=RecordingScheduler(), client=fakeredis.FakeRedis()
