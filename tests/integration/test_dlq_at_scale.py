@@ -9,6 +9,8 @@ import subprocess
 import sys
 import threading
 from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -16,10 +18,12 @@ import redis
 
 from bench.dlq import entries
 from notifier import keys
+from notifier.app import NotifierCelery
 from notifier.deadletter import DeadLetterStore
 from notifier.settings import Settings
 from tests.conftest import make_settings
 from tests.integration.test_failures_and_replay import notifier_cli
+from tests.polling import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -36,8 +40,6 @@ def recount(store: DeadLetterStore) -> dict[str, dict[str, int]]:
 
 
 def test_counts_stay_exact_under_concurrent_writers_removers_and_takers(redis_url: str) -> None:
-    from datetime import UTC, datetime
-
     seeded = list(entries(1200, now=datetime.now(UTC)))
     client = redis.Redis.from_url(redis_url)
     store = DeadLetterStore(client)
@@ -81,8 +83,6 @@ def redis_only(redis_url: str) -> Settings:
 def test_replay_all_prints_each_result_and_re_enqueues_every_entry_once(
     redis_only: Settings, redis_url: str
 ) -> None:
-    from datetime import UTC, datetime
-
     client = redis.Redis.from_url(redis_url)
     seeded = list(entries(450, now=datetime.now(UTC)))
     DeadLetterStore(client).add_many(seeded)
@@ -117,3 +117,25 @@ def test_the_dlq_benchmark_runs_end_to_end_at_its_smoke_size(redis_url: str) -> 
     assert result["replay"]["replayed"] == result["replay"]["entries"] > 0
     assert {m["name"] for m in result["measurements"]} >= {"dlq list --limit 50", "dlq stats"}
     assert redis.Redis.from_url(redis_url).dbsize() == 0  # flushed after
+
+
+def test_a_worker_removes_dead_letters_older_than_the_retention(
+    worker_for: Callable[[Settings], NotifierCelery],
+    settings_for: Callable[..., Settings],
+    redis_url: str,
+) -> None:
+    client = redis.Redis.from_url(redis_url)
+    now = datetime.now(UTC)
+    old = DeadLetterStore(client, clock=lambda: now - timedelta(seconds=30))
+    for number in range(30):
+        old.reject({"type": "nope", "n": number}, ["type: unknown type"])
+    kept = DeadLetterStore(client, clock=lambda: now + timedelta(hours=1)).reject(
+        {"type": "nope"}, ["type: unknown type"]
+    )
+
+    worker_for(settings_for(notifier_dlq_retention=2))
+
+    store = DeadLetterStore(client)
+    eventually(lambda: store.count() == 1, timeout=20, what="the old entries removed")
+    assert [entry.id for entry in store] == [kept.id]
+    assert store.stats()["removed_by_retention"] == 30
