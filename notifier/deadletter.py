@@ -451,18 +451,21 @@ class DeadLetterStore:
 
         The migration from a store written before ``notifier.dlq_index``
         existed, and what makes a document planted by hand (``corrupt``)
-        counted and filtered. Reads the index 1,000 at a time (bounded
-        memory); safe beside writers and other reindexes (the script skips an
-        entry that has facets by then). Index members without a document are
-        dropped. Returns how many entries were indexed.
+        counted and filtered. Reads the index 1,000 at a time, newest first,
+        until ``missing`` (by default: index length less facets) were found
+        (bounded memory); safe beside writers and other reindexes (the script
+        skips an entry that has facets by then). Index members without a
+        document are dropped. Returns how many entries were indexed.
         """
         missing = self.unindexed() if missing is None else missing
         indexed = seen = 0
         start = 0
-        while True:
+        # Newest first, and done once as many as were missing are found: what an
+        # older worker writes during an upgrade is at the top of the index.
+        while missing and seen < missing:
             rows = cast(
                 "list[tuple[bytes, float]]",
-                self._redis.zrange(keys.DLQ_INDEX, start, start + 999, withscores=True),
+                self._redis.zrevrange(keys.DLQ_INDEX, start, start + 999, withscores=True),
             )
             if not rows:
                 break

@@ -411,3 +411,33 @@ def test_a_replayed_document_is_what_was_taken(store: DeadLetterStore) -> None:
 
     assert [json.loads(t.model_dump_json()) for t in taken] == [json.loads(entry.model_dump_json())]
     assert store.take_many([entry]) == []  # taken once only
+
+
+def test_entries_an_older_worker_just_wrote_are_indexed_without_reading_the_rest(
+    store: DeadLetterStore,
+    clock: Clock,
+    client: fakeredis.FakeRedis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fill(store, clock, 2500)
+    newest = store.page(Filter(), limit=1).entries[0]
+    assert isinstance(newest, DeadLetter)
+    # As the code before issue 16 writes: the document and the time index only.
+    for number in range(3):
+        entry_id = f"old-{number}"
+        document = newest.model_copy(update={"id": entry_id}).model_dump_json(exclude={"recipient"})
+        client.set(keys.dlq_entry(entry_id), document)
+        client.zadd(keys.DLQ_INDEX, {entry_id: START.timestamp() + 3600})
+    reads: list[Any] = []
+    real = client.zrevrange
+
+    def counted_zrevrange(*args: Any, **kwargs: Any) -> Any:
+        reads.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(client, "zrevrange", counted_zrevrange)
+
+    assert store.ensure_indexed() == 3
+
+    assert len(reads) == 1
+    assert store.stats()["by_status"]["failed"] == recount(store)["status"]["failed"]
