@@ -121,6 +121,9 @@ def profile_pipeline(events: int, redis_url: str) -> None:
         def publish_event(self, event: object) -> None:
             """Nothing to publish here."""
 
+        def schedule_many(self, jobs: object, events: object = ()) -> None:
+            """No replays here."""
+
     with tempfile.TemporaryDirectory(prefix="bench-profile-") as workdir:
         sink: Sink = (PostfixSink if find_smtp_sink() else PythonSink)(Path(workdir), free_port())
         sink.start()

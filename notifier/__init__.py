@@ -6,7 +6,8 @@ event models, and the errors they raise. Everything else is internal.
 
 from __future__ import annotations
 
-from notifier.client import prepare, publish, publish_many
+from typing import TYPE_CHECKING, Any
+
 from notifier.errors import (
     InvalidEventError,
     NotifierError,
@@ -14,18 +15,52 @@ from notifier.errors import (
     PublishError,
     TransientError,
 )
-from notifier.events import (
-    BookingCancelled,
-    BookingCreated,
-    Event,
-    EventInfo,
-    PasswordResetRequested,
-    Person,
-    Slot,
-    UserRegistered,
-    event_json_schema,
-    parse_event,
-)
+
+if TYPE_CHECKING:
+    from notifier.client import prepare, publish, publish_many
+    from notifier.events import (
+        BookingCancelled,
+        BookingCreated,
+        Event,
+        EventInfo,
+        PasswordResetRequested,
+        Person,
+        Slot,
+        UserRegistered,
+        event_json_schema,
+        parse_event,
+    )
+
+# Imported on first use (PEP 562): the client pulls in Celery and kombu, and the
+# events pydantic, which the ``notifier`` command mostly does not need; its
+# start-up is part of every ``dlq`` command's time (issue 16).
+_LAZY = {
+    "prepare": "notifier.client",
+    "publish": "notifier.client",
+    "publish_many": "notifier.client",
+    "BookingCancelled": "notifier.events",
+    "BookingCreated": "notifier.events",
+    "Event": "notifier.events",
+    "EventInfo": "notifier.events",
+    "PasswordResetRequested": "notifier.events",
+    "Person": "notifier.events",
+    "Slot": "notifier.events",
+    "UserRegistered": "notifier.events",
+    "event_json_schema": "notifier.events",
+    "parse_event": "notifier.events",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'notifier' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "BookingCancelled",

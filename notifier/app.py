@@ -12,7 +12,7 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import celery
@@ -29,12 +29,14 @@ from celery.signals import (
     worker_ready,
     worker_shutdown,
 )
+from celery.utils import uuid
+from celery.utils.nodenames import anon_nodename
 from celery.worker.consumer import Consumer
 from kombu.exceptions import OperationalError
 from vine import promise
 
 import celeryconfig
-from notifier import keys, metrics, outage, pipeline
+from notifier import dlq_retention, keys, metrics, outage, pipeline
 from notifier.errors import NotifierError, PublishError
 from notifier.jobs import Job
 from notifier.logs import configure_logging, get_logger, route_stdlib_logging
@@ -87,6 +89,62 @@ class CeleryScheduler:
         """Publish an event to ``notifier.handle_event`` as a producer would."""
         with _broker_errors():
             self.app.send_task(keys.HANDLE_EVENT_TASK, args=[event], queue=keys.EVENTS_QUEUE)
+
+    def schedule_many(self, jobs: Sequence[Job], events: Sequence[dict[str, Any]] = ()) -> None:
+        """Publish jobs to run now, and events, in one Redis pipeline (as ``publish_many``).
+
+        A bulk replay's path: one round trip per batch instead of one per job
+        (docs/operations.md, "Dead letters"). All or nothing is known: on an
+        error, which ones the broker took is not, and the caller puts them all
+        back (the ledger stops a job that then runs twice).
+        """
+        if not jobs and not events:
+            return
+        app, amqp = self.app, self.app.amqp
+        origin = anon_nodename()
+        with _broker_errors(), app.producer_or_acquire() as producer:
+            # Bound once: kombu binds an unbound Queue on every publish otherwise.
+            queues = {name: amqp.queues[name].bind(producer.channel) for name in keys.QUEUES}
+            with producer.batch(max_size=len(jobs) + len(events) + 1):
+                for job in jobs:
+                    queue = keys.EMAIL_QUEUE if job.delivery.channel == "email" else keys.SMS_QUEUE
+                    # argsrepr: Celery's saferepr of a whole job cost more than the
+                    # rest of the message, and would copy an address into headers.
+                    self._send(
+                        producer,
+                        keys.DELIVER_TASK,
+                        job.model_dump(mode="json"),
+                        queues[queue],
+                        f"[job {job.delivery.delivery_id}]",
+                        origin,
+                    )
+                for event in events:
+                    self._send(
+                        producer,
+                        keys.HANDLE_EVENT_TASK,
+                        event,
+                        queues[keys.EVENTS_QUEUE],
+                        repr([{"type": event.get("type"), "event_id": event.get("event_id")}]),
+                        origin,
+                    )
+
+    def _send(
+        self, producer: Any, task: str, body: object, queue: Any, argsrepr: str, origin: str
+    ) -> None:
+        amqp = self.app.amqp
+        task_id = uuid()
+        message = amqp.create_task_message(
+            task_id,
+            task,
+            [body],
+            {},
+            root_id=task_id,
+            argsrepr=argsrepr,
+            kwargsrepr="{}",
+            origin=origin,
+            ignore_result=None,  # as send_task: the task's own setting decides
+        )
+        amqp.send_task_message(producer, task, message, queue=queue, retry=False)
 
 
 class NotifierTask(Task):  # type: ignore[type-arg]
@@ -218,6 +276,24 @@ class OutageWatchStep(bootsteps.StartStopStep):
     terminate = stop
 
 
+class RetentionStep(bootsteps.StartStopStep):
+    """The worker's dead-letter retention job (``notifier.dlq_retention``), as the watch."""
+
+    requires = ("celery.worker.components:Pool",)
+
+    def start(self, parent: Any) -> None:
+        app = parent.app
+        if isinstance(app, NotifierCelery):
+            self.obj = dlq_retention.start_retention(app.runtime)
+
+    def stop(self, parent: Any) -> None:
+        job, self.obj = self.obj, None
+        if job is not None:
+            job.stop()
+
+    terminate = stop
+
+
 class NotifierCelery(Celery):
     """A Celery app that carries notifier's settings and its per-process Runtime."""
 
@@ -259,6 +335,7 @@ def create_app(settings: Settings) -> NotifierCelery:
     # Set here, not in celeryconfig: it names a class of this module.
     app.conf.worker_consumer = f"{__name__}:NotifierConsumer"
     app.steps["worker"].add(OutageWatchStep)
+    app.steps["worker"].add(RetentionStep)
 
     # shared=False: otherwise Celery copies these closures into every app made
     # later in the process (tests make one per test), bound to the wrong settings.

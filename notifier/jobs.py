@@ -7,6 +7,7 @@ importing each other (docs/DESIGN.md §1).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -42,3 +43,11 @@ class Scheduler(Protocol):
 
     def publish_event(self, event: dict[str, Any]) -> None:
         """Enqueue ``notifier.handle_event(event)`` (replaying a rejected event)."""
+
+    def schedule_many(self, jobs: Sequence[Job], events: Sequence[dict[str, Any]] = ()) -> None:
+        """Enqueue each job to run now, and each event, in as few round trips as possible.
+
+        Raises a NotifierError (``PublishError``) when the broker did not take
+        them all; which ones it took is then unknown (a replay puts them all
+        back: a job sent twice is stopped by the ledger).
+        """

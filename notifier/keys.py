@@ -8,7 +8,11 @@ from __future__ import annotations
 
 __all__ = [
     "DELIVER_TASK",
+    "DLQ_BY_PREFIX",
+    "DLQ_COUNTS",
+    "DLQ_FACETS",
     "DLQ_INDEX",
+    "DLQ_RETENTION_LOCK",
     "EMAIL_QUEUE",
     "EVENTS_QUEUE",
     "HANDLE_EVENT_TASK",
@@ -63,6 +67,19 @@ DLQ_INDEX = f"{PREFIX}dlq:index"
 def dlq_entry(entry_id: str) -> str:
     """One dead-letter entry, a JSON document."""
     return f"{PREFIX}dlq:entry:{entry_id}"
+
+
+DLQ_FACETS = f"{PREFIX}dlq:facets"
+"""Hash, entry id → its facets (status, channel, type, fingerprint), for counts and filters."""
+
+DLQ_COUNTS = f"{PREFIX}dlq:counts"
+"""Hash of counters kept as entries are written and removed: ``status:failed`` → n, …"""
+
+DLQ_BY_PREFIX = f"{PREFIX}dlq:by:"
+"""Secondary indexes: ``notifier:dlq:by:<facet>:<value>``, sorted sets scored as the index."""
+
+DLQ_RETENTION_LOCK = f"{PREFIX}dlq:retention:lock"
+"""Held (with a lease) by the one worker host removing entries past NOTIFIER_DLQ_RETENTION."""
 
 
 def redeliveries(message_id: str) -> str:

@@ -22,6 +22,7 @@ import math
 import re
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis
@@ -91,6 +92,15 @@ class RecipientLimiter:
         token = secrets.token_urlsafe(24)
         self._redis.set(keys.replay_grant(token), delivery_id, ex=keys.REPLAY_GRANT_TTL)
         return token
+
+    def grant_many(self, delivery_ids: Sequence[str]) -> list[str]:
+        """``grant`` for each delivery, in one pipeline (a bulk replay)."""
+        tokens = [secrets.token_urlsafe(24) for _ in delivery_ids]
+        with self._redis.pipeline(transaction=False) as pipe:
+            for token, delivery_id in zip(tokens, delivery_ids, strict=True):
+                pipe.set(keys.replay_grant(token), delivery_id, ex=keys.REPLAY_GRANT_TTL)
+            pipe.execute()
+        return tokens
 
     def redeem(self, token: str, delivery_id: str) -> bool:
         """Spend a grant: True if it was written for this delivery and not spent before."""

@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     # down (notifier.hold); 0 = no hold: retries and dead letters as before.
     notifier_outage_hold_max: float = Field(86_400.0, ge=0)
     notifier_dlq_alert_threshold: int = Field(1000, ge=1)
+    # Seconds a dead letter is kept; 0 = forever (docs/DESIGN.md §10: nothing is
+    # evicted unless an operator says so). Removed by notifier.dlq_retention.
+    notifier_dlq_retention: float = Field(0.0, ge=0)
     notifier_metrics_port: int = Field(9808, ge=0, le=65535)  # 0 = no metrics endpoint
     notifier_template_dir: Path | None = None
     notifier_log_level: str = "INFO"

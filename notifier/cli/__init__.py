@@ -16,7 +16,6 @@ import typer
 
 from notifier.cli import output
 from notifier.errors import ConfigurationError, InvalidEventError, NotifierError, PublishError
-from notifier.events import event_json_schema, parse_event
 from notifier.keys import QUEUES
 
 __all__ = ["app", "main"]
@@ -81,6 +80,7 @@ def publish(
     Exit 0: all published. 1: invalid input (nothing published). 2: broker unreachable.
     """
     from notifier.client import publish_many
+    from notifier.events import parse_event
     from notifier.settings import get_settings
 
     try:
@@ -116,6 +116,8 @@ def publish(
 @app.command()
 def schema() -> None:
     """Print the JSON Schema of the event contract."""
+    from notifier.events import event_json_schema
+
     output.document(event_json_schema())
 
 
@@ -126,6 +128,7 @@ def preview(
     channel: Annotated[ChannelName, typer.Option(help="email or sms.")] = ChannelName.email,
 ) -> None:
     """Render one template for an event, as the worker would send it."""
+    from notifier.events import parse_event
     from notifier.planner import plan
     from notifier.settings import get_settings
     from notifier.templates import Renderer

@@ -8,7 +8,6 @@ an operator deciding what to fix first.
 
 from __future__ import annotations
 
-import collections
 from typing import Any
 
 import redis
@@ -23,33 +22,24 @@ def dead_letter_summary(client: redis.Redis) -> dict[str, Any]:
     """Dead letters grouped by error fingerprint, the largest group first.
 
     Each group: count, statuses, channels, the latest error (redacted) and
-    when it last happened. Reads every entry: fine for thousands, which is
-    where ``NOTIFIER_DLQ_ALERT_THRESHOLD`` already turns health red.
+    when it last happened. Read from the store's counters and one entry per
+    fingerprint (its index's newest), never every entry (issue 16).
     """
-    groups: dict[str, dict[str, Any]] = {}
-    total = 0
-    for entry in DeadLetterStore(client):  # oldest first: the last one seen is the latest
-        total += 1
-        group = groups.setdefault(
-            entry.fingerprint,
-            {"count": 0, "status": collections.Counter(), "channel": collections.Counter()},
-        )
-        group["count"] += 1
-        group["status"][entry.status] += 1
-        group["channel"][entry.channel or "none"] += 1
-        group["error"] = redact_text(entry.error)
-        group["last_failed_at"] = entry.failed_at
-    ordered = sorted(groups.items(), key=lambda item: (-item[1]["count"], item[0]))
-    return {
-        "total": total,
-        "by_fingerprint": {
-            fingerprint: {
-                "count": group["count"],
-                "status": dict(group["status"]),
-                "channel": dict(group["channel"]),
-                "error": group["error"],
-                "last_failed_at": group["last_failed_at"],
-            }
-            for fingerprint, group in ordered
-        },
-    }
+    store = DeadLetterStore(client)
+    counts = store.counts()
+    groups = counts["fingerprint"]
+    ordered = sorted(groups.items(), key=lambda item: (-item[1], item[0]))
+    latest = store.latest([fingerprint for fingerprint, _ in ordered])
+    summary: dict[str, dict[str, Any]] = {}
+    for fingerprint, count in ordered:
+        entry = latest.get(fingerprint)
+        summary[fingerprint] = {
+            "count": count,
+            "status": counts["fps"].get(fingerprint, {}),
+            "channel": {
+                name or "none": n for name, n in counts["fpc"].get(fingerprint, {}).items()
+            },
+            "error": redact_text(entry.error) if entry is not None else "",
+            "last_failed_at": entry.failed_at if entry is not None else None,
+        }
+    return {"total": store.count(), "by_fingerprint": summary}

@@ -87,7 +87,7 @@ def test_show_prints_a_corrupt_entry_raw(redis_only: Settings, corrupt: str) -> 
 def test_replay_all_replays_the_good_and_reports_the_corrupt(
     redis_only: Settings, client: redis.Redis, corrupt: str, good: str
 ) -> None:
-    result = notifier_cli(redis_only, "dlq", "replay", "--all")
+    result = notifier_cli(redis_only, "dlq", "replay", "--all", "--yes")
 
     assert result.returncode == 1
     lines = result.stdout.splitlines()

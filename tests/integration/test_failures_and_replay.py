@@ -78,11 +78,11 @@ def test_with_the_hold_off_an_smtp_outage_ends_in_dead_letters_that_replay_deliv
         assert "ProviderUnavailableError" in entry.error
 
     smtp_sink.start()
-    first = notifier_cli(settings, "dlq", "replay", "--all")
+    first = notifier_cli(settings, "dlq", "replay", "--all", "--yes")
     assert first.returncode == 0, first.stderr
     assert "3 replayed" in first.stdout
     received = smtp_sink.wait_for(3, timeout=15)
-    second = notifier_cli(settings, "dlq", "replay", "--all")
+    second = notifier_cli(settings, "dlq", "replay", "--all", "--yes")
     assert "0 replayed" in second.stdout
 
     assert sorted(m.rcpt_tos[0] for m in received) == sorted(
@@ -154,7 +154,7 @@ def test_two_concurrent_replays_send_each_delivery_once(
     smtp_sink.clear()
 
     environment = {**os.environ, "REDIS_URL": settings.redis_url}
-    command = [sys.executable, "-m", "notifier", "dlq", "replay", "--all"]
+    command = [sys.executable, "-m", "notifier", "dlq", "replay", "--all", "--yes"]
     replays = [
         subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, text=True)
         for _ in range(2)

@@ -28,7 +28,7 @@ from tests.reliability.conftest import (
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]
 
-REPLAY_ALL = [sys.executable, "-m", "notifier", "dlq", "replay", "--all"]
+REPLAY_ALL = [sys.executable, "-m", "notifier", "dlq", "replay", "--all", "--yes"]
 
 # `notifier dlq replay --all`, loaded first (then it says so with a ready-<pid> file),
 # started when the file named by argv[1] appears.
@@ -39,7 +39,7 @@ go = pathlib.Path(sys.argv[1])
 go.with_name(f"ready-{os.getpid()}").touch()
 while not go.exists():
     time.sleep(0.001)
-sys.argv = ["notifier", "dlq", "replay", "--all"]
+sys.argv = ["notifier", "dlq", "replay", "--all", "--yes"]
 notifier.cli.main()
 """
 

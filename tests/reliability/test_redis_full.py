@@ -26,6 +26,7 @@ import redis
 from notifier import keys
 from notifier.app import create_app
 from notifier.client import publish, publish_many
+from notifier.deadletter import DeadLetterStore
 from notifier.errors import PublishError
 from notifier.testing import free_port, make_settings
 from notifier.transport import Transport
@@ -299,3 +300,26 @@ def test_a_requeue_a_full_redis_refuses_keeps_the_message_and_is_done_once_it_ha
 
     assert held == (0, 1, {message.delivery_tag: True})  # still in unacked: nothing lost
     assert after == (1, 0, {})  # back on its queue
+
+
+def test_dead_letters_can_be_purged_and_taken_from_a_full_redis_and_stay_counted(
+    redis_server: RedisServer,
+) -> None:
+    # Freeing memory on a full Redis means purging or replaying dead letters
+    # (docs/operations.md): the scripts that remove them must not be refused.
+    admin = redis.Redis.from_url(redis_server.url)
+    try:
+        store = DeadLetterStore(admin)
+        entries = [store.reject({"type": "nope", "n": n}, ["type: unknown type"]) for n in range(5)]
+        fill(admin)
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            store.reject({"type": "nope"}, ["type: unknown type"])
+
+        purged = store.purge(entries[:2])
+        taken = store.take_many(entries[2:3])
+        stats = store.stats()
+    finally:
+        admin.close()
+
+    assert (purged, [entry.id for entry in taken]) == (2, [entries[2].id])
+    assert (stats["total"], stats["by_status"]) == (2, {"rejected": 2})

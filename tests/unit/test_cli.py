@@ -510,3 +510,68 @@ def test_publish_accepts_an_address_under_test_when_special_domains_are_allowed(
 
     assert result.exit_code == 0, result.stderr
     assert published == [[event]]
+
+
+# --- dlq at scale: paging, footer, filtered stats, usage errors, --all confirmation -------
+
+
+def test_list_json_stays_an_array_and_the_footer_goes_to_stderr(
+    runner: CliRunner, dead_letters: DeadLetterStore
+) -> None:
+    for _ in range(3):
+        dead_letters.reject({"type": "nope"}, ["type: unknown type"])
+
+    result = runner.invoke(app, ["dlq", "list", "--json", "--limit", "2", "--offset", "1"])
+
+    assert result.exit_code == 0, result.stderr
+    assert len(json.loads(result.stdout)) == 2
+    assert result.stderr.strip() == "2 of 3 (after the first 1)"
+
+
+def test_list_ends_with_how_many_of_how_many(
+    runner: CliRunner, dead_letters: DeadLetterStore
+) -> None:
+    for _ in range(3):
+        dead_letters.reject({"type": "nope"}, ["type: unknown type"])
+
+    result = runner.invoke(app, ["dlq", "list", "--limit", "2"])
+
+    assert result.stdout.splitlines()[-1] == "2 of 3"
+
+
+def test_dlq_stats_takes_the_list_filters(runner: CliRunner, dead_letters: DeadLetterStore) -> None:
+    dead_letters.reject({"type": "nope"}, ["type: unknown type"])
+    dead_letters.add_delivery(
+        plan(parse_event(samples.user_registered()))[0],
+        status="failed",
+        error="PermanentError: 550",
+        history=[],
+    )
+
+    result = runner.invoke(app, ["dlq", "stats", "--json", "--status", "failed"])
+
+    assert result.exit_code == 0, result.stderr
+    counts = json.loads(result.stdout)
+    assert (counts["total"], counts["by_status"]) == (1, {"failed": 1})
+
+
+@pytest.mark.parametrize("command", ["replay", "purge"])
+def test_neither_ids_nor_all_is_a_usage_error(
+    runner: CliRunner, dead_letters: DeadLetterStore, command: str
+) -> None:
+    result = runner.invoke(app, ["dlq", command])
+
+    assert result.exit_code == 2
+    assert "give entry IDs, or --all" in result.stderr
+
+
+def test_replay_all_off_a_terminal_without_yes_refuses(
+    runner: CliRunner, dead_letters: DeadLetterStore
+) -> None:
+    dead_letters.reject({"type": "nope"}, ["type: unknown type"])
+
+    result = runner.invoke(app, ["dlq", "replay", "--all"])
+
+    assert result.exit_code == 2
+    assert "add --yes" in result.stderr
+    assert dead_letters.count() == 1

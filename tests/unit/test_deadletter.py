@@ -4,8 +4,10 @@ size caps, corrupt documents, and the over-threshold alarm."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import fakeredis
 import pytest
@@ -708,6 +710,9 @@ class NoQueue:
 
     def publish_event(self, event: dict[str, object]) -> None:
         raise AssertionError("nothing is published here")
+
+    def schedule_many(self, jobs: Sequence[Any], events: Sequence[Any] = ()) -> None:
+        raise AssertionError("nothing is scheduled here")
 
 
 def test_over_threshold_is_logged_at_most_once_a_minute_per_process() -> None:

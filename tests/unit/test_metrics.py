@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -148,6 +148,12 @@ class RecordingScheduler:
 
     def publish_event(self, event: dict[str, Any]) -> None:
         self.scheduled.append((event, 0))
+
+    def schedule_many(self, jobs: Sequence[Any], events: Sequence[Any] = ()) -> None:
+        for job in jobs:
+            self.schedule(job, 0)
+        for event in events:
+            self.publish_event(event)
 
 
 @dataclass

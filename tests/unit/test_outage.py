@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -36,6 +36,12 @@ class RecordingScheduler:
 
     def publish_event(self, event: dict[str, Any]) -> None:
         raise AssertionError("the watch publishes no events")
+
+    def schedule_many(self, jobs: Sequence[Any], events: Sequence[Any] = ()) -> None:
+        for job in jobs:
+            self.schedule(job, 0)
+        for event in events:
+            self.publish_event(event)
 
 
 @dataclass

@@ -6,7 +6,7 @@ import dataclasses
 import email
 import email.policy
 import importlib.util
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from email.message import EmailMessage
@@ -69,6 +69,12 @@ class RecordingScheduler:
 
     def publish_event(self, event: dict[str, Any]) -> None:
         self.published.append(event)
+
+    def schedule_many(self, jobs: Sequence[Any], events: Sequence[Any] = ()) -> None:
+        for job in jobs:
+            self.schedule(job, 0)
+        for event in events:
+            self.publish_event(event)
 
 
 @dataclass

@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib.util
 import re
 from base64 import b64encode
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,6 +116,12 @@ class RecordingScheduler:
 
     def publish_event(self, event: dict[str, Any]) -> None:
         raise AssertionError("nothing here republishes events")
+
+    def schedule_many(self, jobs: Sequence[Any], events: Sequence[Any] = ()) -> None:
+        for job in jobs:
+            self.schedule(job, 0)
+        for event in events:
+            self.publish_event(event)
 
 
 @dataclass
