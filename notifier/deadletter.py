@@ -1,5 +1,9 @@
 """The dead-letter store: everything that could not be delivered, kept for operators.
 
+This module is the store in Redis; what an entry is (the models, filters,
+fingerprints and the capped stored form) is ``notifier.deadletter_entries``,
+whose names are re-exported here, where callers have always imported them.
+
 An entry holds the whole delivery (so it can be rendered and sent again), the
 error class and message, a fingerprint to group alike failures, and the
 history of attempts. Rejected events (invalid input) are kept too, with their
@@ -27,23 +31,38 @@ What producers send is hostile until proven otherwise, so:
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import math
-import re
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal, Self, cast
+from typing import Any, cast
 
 import redis
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
-from pydantic_core import PydanticSerializationError
 
 from notifier import keys
+from notifier.deadletter_entries import (
+    CORRUPT_REASON,
+    DOCUMENT_PREFIX,
+    MAX_ENTRY_BYTES,
+    MAX_ID_CHARS,
+    MAX_TEXT_BYTES,
+    AttemptRecord,
+    CorruptEntry,
+    DeadLetter,
+    Entry,
+    Filter,
+    Page,
+    ReplayResult,
+    Status,
+    capped_errors,
+    clean_text,
+    fingerprint,
+    parse_entry,
+    stored_form,
+)
 from notifier.dlq_index import (
     Facets,
     IndexScripts,
@@ -58,7 +77,7 @@ from notifier.dlq_index import (
 from notifier.errors import NotifierError
 from notifier.planner import Delivery
 from notifier.timestamps import iso_utc
-from notifier.truncation import mark, truncate, utf8_size
+from notifier.truncation import truncate
 
 __all__ = [
     "CORRUPT_REASON",
@@ -76,200 +95,7 @@ __all__ = [
     "fingerprint",
 ]
 
-Status = Literal["failed", "rejected", "expired", "rate_limited"]
-
-MAX_ENTRY_BYTES = 70_000
-"""The largest entry, as stored. The largest valid event (64 KiB) fits with its delivery."""
-
-# Caps per field. Ours are far shorter (ids, type names, an SMTP reply); a forged
-# job or event can make them megabytes long.
-_MAX_ID_CHARS = 100
-_MAX_NAME_BYTES = 256
-_MAX_TEXT_BYTES = 1024
-_MAX_ERRORS = 20
-_MAX_HISTORY = 20
-"""Attempt records kept: the first, and the latest 19."""
-
-_DERIVED = frozenset({"event_id", "event_type", "channel", "template"})
-"""Fields a delivery entry reads from its delivery, so they are not stored beside it."""
-
-CORRUPT_REASON = "corrupt entry"
-"""Why a replay skipped an entry: its document is not an entry."""
-
 _ALERT_INTERVAL = timedelta(minutes=1)
-
-
-def _timestamp(value: str) -> str:
-    moment = datetime.fromisoformat(value)
-    if moment.tzinfo is None:
-        raise ValueError("a time without a zone")
-    return value
-
-
-Timestamp = Annotated[str, AfterValidator(_timestamp)]
-"""An ISO 8601 time with a zone, kept as written: filters compare them as times."""
-
-
-class AttemptRecord(BaseModel):
-    """One failed try: when, which attempt, what went wrong."""
-
-    model_config = ConfigDict(frozen=True)
-
-    attempt: int
-    at: Timestamp
-    error: str
-    provider: str | None = None
-
-
-class DeadLetter(BaseModel):
-    """One entry of the dead-letter store (``show --json`` prints this)."""
-
-    id: str
-    status: Status
-    event_id: str | None = None
-    event_type: str | None = None
-    channel: Literal["email", "sms"] | None = None
-    template: str | None = None
-    recipient: str | None = None
-    """The delivery's address (None without a delivery); a stored value is ignored."""
-    error: str
-    fingerprint: str
-    attempts: int = 0
-    failed_at: Timestamp
-    first_failed_at: Timestamp
-    delivery: Delivery | None = None
-    raw_event: str | None = None
-    errors: list[str] = Field(default_factory=list)
-    history: list[AttemptRecord] = Field(default_factory=list)
-    fallback: str | None = None
-    """Delivery id of the email sent in place of this failed SMS, if one was."""
-
-    @model_validator(mode="after")
-    def _read_from_the_delivery(self) -> Self:
-        # What `dlq list` shows must be what `dlq replay` sends: the delivery.
-        delivery = self.delivery
-        self.recipient = delivery.address if delivery is not None else None
-        if delivery is not None:
-            self.event_id = delivery.event_id
-            self.event_type = delivery.event_type
-            self.channel = delivery.channel
-            self.template = delivery.template
-        return self
-
-
-@dataclass(frozen=True, slots=True)
-class CorruptEntry:
-    """A stored document that is not a dead letter: listed, counted, shown raw, purged.
-
-    It has a dead letter's fields so filters and counts read it like any
-    entry; what the document does not say is None.
-    """
-
-    id: str
-    failed_at: str | None
-    """From the index score (the document cannot be trusted); None if not indexed."""
-    raw: str
-    """The document as stored, undecodable bytes replaced."""
-    problem: str
-    """Why it is not a dead letter."""
-    status: Literal["corrupt"] = "corrupt"
-    event_id: None = None
-    event_type: None = None
-    channel: None = None
-    template: None = None
-    recipient: None = None
-    delivery: None = None
-
-    @property
-    def error(self) -> str:
-        """The problem, as a dead letter's ``error`` reads."""
-        return f"CorruptEntry: {self.problem}"
-
-    @property
-    def fingerprint(self) -> str:
-        """Alike problems group together, as alike errors do."""
-        return fingerprint(self.error)
-
-
-Entry = DeadLetter | CorruptEntry
-"""What the store holds under an id."""
-
-
-@dataclass(frozen=True, slots=True)
-class ReplayResult:
-    """What replaying one entry did (``done``), or why it could not (``error``)."""
-
-    entry_id: str
-    done: str | None = None
-    error: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Filter:
-    """Which entries an operator means: every given criterion must match."""
-
-    channel: str | None = None
-    event_type: str | None = None
-    status: str | None = None
-    error: str | None = None
-    since: datetime | None = None
-    until: datetime | None = None
-    """Failed at or before this time (``--until``, for paging back through time)."""
-
-    def matches(self, entry: Entry) -> bool:
-        """Whether ``entry`` meets every criterion given."""
-        if self.channel and entry.channel != self.channel:
-            return False
-        if self.event_type and entry.event_type != self.event_type:
-            return False
-        if self.status and entry.status != self.status:
-            return False
-        if self.error and self.error.lower() not in entry.error.lower():
-            return False
-        if self.since is None and self.until is None:
-            return True
-        if entry.failed_at is None:
-            return False
-        moment = datetime.fromisoformat(entry.failed_at)
-        if self.since is not None and moment < self.since:
-            return False
-        return self.until is None or moment <= self.until
-
-    def facets(self) -> dict[str, str]:
-        """The criteria a secondary index answers: facet name → value."""
-        given = {"status": self.status, "channel": self.channel, "type": self.event_type}
-        return {name: value for name, value in given.items() if value}
-
-    def scores(self) -> tuple[float, float]:
-        """The index score range (epoch seconds) ``since`` and ``until`` allow."""
-        low = self.since.timestamp() if self.since is not None else -math.inf
-        high = self.until.timestamp() if self.until is not None else math.inf
-        return low, high
-
-    def is_empty(self) -> bool:
-        """No criterion given: every entry."""
-        return not (self.facets() or self.error or self.since or self.until)
-
-
-@dataclass(frozen=True, slots=True)
-class Page:
-    """One page of a listing and how many entries match in all."""
-
-    entries: list[Entry]
-    total: int
-
-
-_VOLATILE = re.compile(r"[0-9a-f]{8}-[0-9a-f-]{27}|\d+(?:\.\d+)?|<[^>]*>|'[^']*'|\"[^\"]*\"")
-
-
-def fingerprint(error: str) -> str:
-    """Group alike errors: numbers, ids, quoted values and <addresses> don't count."""
-    error_class = error.split(":", 1)[0][:64]
-    shape = _VOLATILE.sub("#", error)
-    digest = hashlib.sha1(
-        shape.encode("utf-8", "surrogatepass"), usedforsecurity=False
-    ).hexdigest()[:10]
-    return f"{error_class}:{digest}"
 
 
 def _utc_now() -> datetime:
@@ -302,8 +128,8 @@ class DeadLetterStore:
         """
         now = iso_utc(self._clock())
         entry_id = delivery.delivery_id
-        previous = self.get(entry_id) if len(entry_id) <= _MAX_ID_CHARS else None
-        if len(entry_id) > _MAX_ID_CHARS or isinstance(previous, CorruptEntry):
+        previous = self.get(entry_id) if len(entry_id) <= MAX_ID_CHARS else None
+        if len(entry_id) > MAX_ID_CHARS or isinstance(previous, CorruptEntry):
             entry_id, previous = str(uuid.uuid4()), None
         earlier = previous.history if previous else []
         known = {(record.attempt, record.at) for record in earlier}
@@ -314,7 +140,7 @@ class DeadLetterStore:
             id=entry_id,
             status=status,
             error=error,
-            fingerprint=fingerprint(truncate(error, _MAX_TEXT_BYTES)),
+            fingerprint=fingerprint(truncate(error, MAX_TEXT_BYTES)),
             attempts=sum(1 for record in merged if record.attempt > 0),
             failed_at=now,
             # The history travels with a replayed job, so it remembers the first
@@ -342,7 +168,7 @@ class DeadLetterStore:
             text = raw if isinstance(raw, str) else json.dumps(raw, ensure_ascii=True)
         except (TypeError, ValueError, RecursionError):
             text = repr(raw)
-        kept = _capped_errors([_clean(error) for error in errors])
+        kept = capped_errors([clean_text(error) for error in errors])
         raw_dict = raw if isinstance(raw, dict) else {}
         event_id = raw_dict.get("event_id")
         event_type = raw_dict.get("type")
@@ -351,20 +177,20 @@ class DeadLetterStore:
         entry = DeadLetter(
             id=str(uuid.uuid4()),
             status=status,
-            event_id=_clean(event_id) if isinstance(event_id, str) else None,
-            event_type=_clean(event_type) if isinstance(event_type, str) else None,
+            event_id=clean_text(event_id) if isinstance(event_id, str) else None,
+            event_type=clean_text(event_type) if isinstance(event_type, str) else None,
             error=f"{prefix}: " + "; ".join(kept),
             fingerprint=fingerprint(f"{prefix}: " + "; ".join(sorted(kept))),
             failed_at=now,
             first_failed_at=now,
-            raw_event=_clean(text),
+            raw_event=clean_text(text),
             errors=kept,
         )
         return self._write(entry)
 
     def _write(self, entry: DeadLetter) -> DeadLetter:
         """Store ``entry`` within the size caps; return it as stored (as ``get`` reads it)."""
-        stored, document, score = _stored_form(entry)
+        stored, document, score = stored_form(entry)
         self._index.write(_member(entry.id), document, score, Facets.of(stored))
         return stored
 
@@ -388,7 +214,7 @@ class DeadLetterStore:
     def _write_batch(self, batch: list[DeadLetter]) -> int:
         with self._redis.pipeline(transaction=False) as pipe:
             for entry in batch:
-                stored, document, score = _stored_form(entry)
+                stored, document, score = stored_form(entry)
                 self._index.write(_member(entry.id), document, score, Facets.of(stored), pipe)
             pipe.execute()
         return len(batch)
@@ -399,7 +225,7 @@ class DeadLetterStore:
             pipe.get(_key(entry_id))
             pipe.zscore(keys.DLQ_INDEX, _member(entry_id))
             raw, score = pipe.execute()
-        return None if raw is None else _parse(entry_id, raw, score)
+        return None if raw is None else parse_entry(entry_id, raw, score)
 
     def __iter__(self) -> Iterator[Entry]:
         """Every entry, oldest failure first (read 500 at a time)."""
@@ -420,7 +246,7 @@ class DeadLetterStore:
             return []
         documents = self._redis.mget([_entry_key(member) for member, _ in rows])
         return [
-            _parse(_id(member), raw, score)
+            parse_entry(_id(member), raw, score)
             for (member, score), raw in zip(rows, documents, strict=True)
             if raw is not None
         ]
@@ -474,7 +300,9 @@ class DeadLetterStore:
             documents = self._redis.mget([_entry_key(member) for member, _ in bare]) if bare else []
             batch = []
             for (member, score), raw in zip(bare, documents, strict=True):
-                record = b"" if raw is None else Facets.of(_parse(_id(member), raw, score)).record()
+                record = (
+                    b"" if raw is None else Facets.of(parse_entry(_id(member), raw, score)).record()
+                )
                 batch.append((member, record))
             done, dropped = self._index.reindex(batch)
             indexed += done
@@ -625,11 +453,11 @@ class DeadLetterStore:
                 if (
                     raw_test
                     and needle is not None
-                    and raw.startswith(_OURS)
+                    and raw.startswith(DOCUMENT_PREFIX)
                     and needle not in raw.decode("utf-8", "replace").lower()
                 ):
                     continue
-                entry = _parse(_id(member), raw, score)
+                entry = parse_entry(_id(member), raw, score)
                 if not where.matches(entry):
                     continue
                 yield entry if keep(matched) else None
@@ -645,7 +473,7 @@ class DeadLetterStore:
             return []
         documents = self._redis.mget([_entry_key(member) for member, _ in rows])
         return [
-            None if raw is None else _parse(_id(member), raw, score)
+            None if raw is None else parse_entry(_id(member), raw, score)
             for (member, score), raw in zip(rows, documents, strict=True)
         ]
 
@@ -673,7 +501,7 @@ class DeadLetterStore:
         for entry, raw in zip(entries, documents, strict=True):
             if raw is None:
                 continue
-            parsed = _parse(entry.id, raw, datetime.fromisoformat(entry.failed_at).timestamp())
+            parsed = parse_entry(entry.id, raw, datetime.fromisoformat(entry.failed_at).timestamp())
             if isinstance(parsed, CorruptEntry):
                 score = datetime.fromisoformat(entry.failed_at).timestamp()
                 self._index.write(_member(entry.id), raw, score, Facets.of(parsed))
@@ -849,22 +677,6 @@ BatchReplayer = Callable[[Sequence["DeadLetter"]], "list[str | NotifierError]"]
 did, or the error it could not for (that entry is put back)."""
 
 
-def _stored_form(entry: DeadLetter) -> tuple[DeadLetter, bytes, float]:
-    """``entry`` as stored: (as ``get`` reads it, the document, its index score)."""
-    document = _bounded(entry)
-    score = datetime.fromisoformat(entry.failed_at).timestamp()
-    stored = DeadLetter.model_validate_json(document)
-    if stored.id != entry.id:
-        stored = stored.model_copy(update={"id": entry.id})
-    return stored, document, score
-
-
-_OURS = b'{"id":"'
-"""How every document ``_document`` writes begins (pydantic writes ``id`` first, no
-spaces). Anything else may be corrupt, and a corrupt entry's error is not in its
-document: it is parsed before the error filter judges it."""
-
-
 def _entry_key(member: bytes) -> bytes:
     return keys.dlq_entry("").encode() + member
 
@@ -881,157 +693,3 @@ def _member(entry_id: str) -> bytes:
 
 def _key(entry_id: str) -> bytes:
     return keys.dlq_entry(entry_id).encode("utf-8", "surrogateescape")
-
-
-def _failed_at(score: float | None) -> str | None:
-    if score is None:
-        return None
-    try:
-        moment = datetime.fromtimestamp(score, UTC)
-    except (OverflowError, OSError, ValueError):
-        moment = datetime.max.replace(tzinfo=UTC) if score > 0 else datetime.min.replace(tzinfo=UTC)
-    return iso_utc(moment)
-
-
-def _parse(entry_id: str, raw: bytes | str, score: float | None) -> Entry:
-    """The entry stored under ``entry_id``: a dead letter, or corrupt."""
-    try:
-        entry = DeadLetter.model_validate_json(raw)
-    except ValidationError as exc:
-        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-        return CorruptEntry(entry_id, _failed_at(score), text, _problem(exc))
-    # The key is the id: a document claiming another one must not make purge miss it.
-    return entry if entry.id == entry_id else entry.model_copy(update={"id": entry_id})
-
-
-def _problem(exc: ValidationError) -> str:
-    parts = []
-    for error in exc.errors(include_url=False, include_input=False)[:3]:
-        where = ".".join(str(part) for part in error["loc"])
-        parts.append(f"{where}: {error['msg']}" if where else error["msg"])
-    return truncate("; ".join(parts), _MAX_TEXT_BYTES)
-
-
-def _clean(text: str) -> str:
-    """Text that encodes as UTF-8 whatever a producer sent (lone surrogates escaped)."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def _capped_errors(errors: list[str]) -> list[str]:
-    kept = [truncate(error, _MAX_TEXT_BYTES) for error in errors[:_MAX_ERRORS]]
-    if len(errors) > _MAX_ERRORS:
-        kept[-1] = f"…[{len(errors) - _MAX_ERRORS + 1} more errors not kept]"
-    return kept
-
-
-def _capped_history(history: list[AttemptRecord], keep: int) -> list[AttemptRecord]:
-    if len(history) > keep:
-        history = [history[0], *history[len(history) - keep + 1 :]]
-    return [
-        record.model_copy(
-            update={
-                "error": truncate(record.error, _MAX_TEXT_BYTES),
-                "provider": _short(record.provider),
-            }
-        )
-        for record in history
-    ]
-
-
-def _short(text: str | None) -> str | None:
-    return None if text is None else truncate(text, _MAX_NAME_BYTES)
-
-
-def _document(entry: DeadLetter) -> bytes:
-    """The stored form: what a delivery says is stored once, in the delivery."""
-    exclude = {"recipient", *(_DERIVED if entry.delivery is not None else ())}
-    try:
-        return entry.model_dump_json(exclude=exclude).encode()
-    except PydanticSerializationError:
-        # A lone surrogate from a forged job cannot be written as UTF-8: store it
-        # escaped, as reject() does, rather than lose the failure.
-        cleaned = _clean_tree(entry.model_dump(exclude=exclude))
-        return DeadLetter.model_validate(cleaned).model_dump_json(exclude=exclude).encode()
-
-
-def _clean_tree(value: object) -> object:
-    if isinstance(value, str):
-        return _clean(value)
-    if isinstance(value, list):
-        return [_clean_tree(item) for item in value]
-    if isinstance(value, dict):
-        return {_clean_tree(key): _clean_tree(item) for key, item in value.items()}
-    return value
-
-
-def _bounded(entry: DeadLetter) -> bytes:
-    """The stored form of ``entry``, every field capped, the whole at most MAX_ENTRY_BYTES.
-
-    What gives way, in order: the middle of a long history; a delivery too
-    large to keep whole (only a forged job carries one), kept as cut text
-    instead and no longer replayable; the raw payload's tail.
-    """
-    entry = entry.model_copy(
-        update={
-            "event_id": _short(entry.event_id),
-            "event_type": _short(entry.event_type),
-            "template": _short(entry.template),
-            "fallback": _short(entry.fallback),
-            "error": truncate(entry.error, _MAX_TEXT_BYTES),
-            "errors": _capped_errors(entry.errors),
-            "history": _capped_history(entry.history, _MAX_HISTORY),
-        }
-    )
-    document = _document(entry)
-    if len(document) > MAX_ENTRY_BYTES and len(entry.history) > 2:
-        entry = entry.model_copy(update={"history": _capped_history(entry.history, 2)})
-        document = _document(entry)
-    if len(document) > MAX_ENTRY_BYTES and entry.delivery is not None:
-        text = _clean(json.dumps(entry.delivery.model_dump(mode="json"), ensure_ascii=False))
-        note = f"the delivery ({utf8_size(text)} bytes) was too large to keep: cut in raw_event"
-        entry = entry.model_copy(
-            update={
-                "delivery": None,
-                "raw_event": text,
-                "errors": [*entry.errors[: _MAX_ERRORS - 1], note],
-            }
-        )
-        document = _document(entry)
-    if len(document) > MAX_ENTRY_BYTES and entry.raw_event is not None:
-        without = len(_document(entry.model_copy(update={"raw_event": ""})))
-        room = MAX_ENTRY_BYTES - without
-        raw_event = _cut_to_json_size(entry.raw_event, room)
-        document = _document(entry.model_copy(update={"raw_event": raw_event}))
-        # json.dumps and pydantic escape a few characters differently: close the gap.
-        while len(document) > MAX_ENTRY_BYTES and room > 0:
-            room -= len(document) - MAX_ENTRY_BYTES
-            raw_event = _cut_to_json_size(entry.raw_event, room)
-            document = _document(entry.model_copy(update={"raw_event": raw_event}))
-        if len(document) > MAX_ENTRY_BYTES:
-            document = _document(entry.model_copy(update={"raw_event": None}))
-    return document
-
-
-def _cut_to_json_size(text: str, max_bytes: int) -> str:
-    """``text`` cut (with the mark) so that it takes at most ``max_bytes`` as a JSON string."""
-
-    def size(candidate: str) -> int:
-        return utf8_size(json.dumps(candidate, ensure_ascii=False))
-
-    if size(text) <= max_bytes:
-        return text
-    total = utf8_size(text)
-
-    def cut(chars: int) -> str:
-        kept = text[:chars]
-        return kept + mark(total - utf8_size(kept))
-
-    # Each character takes at least one byte, so the answer is under max_bytes characters.
-    low, high = 0, min(len(text), max(0, max_bytes))
-    while low < high:
-        middle = (low + high + 1) // 2
-        if size(cut(middle)) <= max_bytes:
-            low = middle
-        else:
-            high = middle - 1
-    return cut(low)
