@@ -281,8 +281,13 @@ def run_job(job: Job, rt: Runtime, *, started: float | None = None) -> Outcome:
         _log_outcome(rt, job, "deferred", retry_in=round(wait, 3), reason="provider rate")
         return Outcome(delivery.delivery_id, "deferred")
 
+    # The channels hold the deadline during the send too: every wait is cut to
+    # the time left, and the message is not handed over once it has passed.
+    # Whichever comes first: the delivery's own (a reset link's expiry) or the
+    # task's, which keeps the soft time limit off a send the server holds.
+    send_by = earliest(deadline, _task_deadline(delivery.channel, rt, started))
     try:
-        receipt = _send(delivery, rt, now, started)
+        receipt = _send(delivery, rt, now, send_by)
     except NotifierError as exc:
         rt.ledger.release(delivery.delivery_id, claim)
         return _failed(job, rt, exc, exempt=exempt)
@@ -325,12 +330,7 @@ def _deadline(delivery: Delivery, rt: Runtime) -> Deadline | None:
     return Deadline(datetime.fromisoformat(delivery.not_after), rt.clock, name="its deadline")
 
 
-def _send(delivery: Delivery, rt: Runtime, now: datetime, started: float) -> Receipt:
-    # The channels hold the deadline during the send too: every wait is cut to
-    # the time left, and the message is not handed over once it has passed.
-    # Whichever comes first: the delivery's own (a reset link's expiry) or the
-    # task's, which keeps the soft time limit off a send the server holds.
-    deadline = earliest(_deadline(delivery, rt), _task_deadline(delivery.channel, rt, started))
+def _send(delivery: Delivery, rt: Runtime, now: datetime, deadline: Deadline | None) -> Receipt:
     context = rt.renderer.context(delivery, now)
     if delivery.channel == "email":
         if delivery.fallback_for:
