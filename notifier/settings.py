@@ -103,6 +103,14 @@ class Settings(BaseSettings):
     # refuses as not deliverable: for staging against a local MTA, never production.
     notifier_allow_special_domains: bool = False
 
+    # `notifier web` (docs/DESIGN.md §9). NOTIFIER_PUBLIC_URL is where Twilio reaches
+    # it from outside: unset, no SMS asks for a status callback and /twilio/status is 404.
+    notifier_public_url: str | None = None
+    notifier_web_host: str = "127.0.0.1"
+    notifier_web_port: int = Field(8808, ge=0, le=65535)
+    # The Bearer key of /v1/*; unset, those answer 503 (docs/DESIGN.md §10, "web auth").
+    notifier_api_key: SecretStr | None = Field(None, repr=False)
+
     def __init__(self, **values: Any) -> None:
         try:
             super().__init__(**values)
@@ -134,6 +142,27 @@ class Settings(BaseSettings):
                 "(http is allowed to loopback only: 127.0.0.0/8, ::1, localhost)"
             )
         return f"{parts.scheme}://{parts.netloc}"
+
+    @field_validator("notifier_public_url")
+    @classmethod
+    def _public_origin(cls, value: str | None) -> str | None:
+        # Twilio signs the URL it calls; ours is rebuilt from this, never from the
+        # Host header (docs/security.md), so it must be exact: no query, no fragment.
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an http(s) URL such as https://notifier.example.com")
+        if parts.query or parts.fragment:
+            raise ValueError("must not carry a query or a fragment")
+        return value.rstrip("/")
+
+    @property
+    def twilio_status_callback_url(self) -> str | None:
+        """Where Twilio posts SMS status callbacks; None without ``NOTIFIER_PUBLIC_URL``."""
+        if self.notifier_public_url is None:
+            return None
+        return self.notifier_public_url + "/twilio/status"
 
     @field_validator("notifier_rate_limits")
     @classmethod

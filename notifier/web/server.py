@@ -1,0 +1,102 @@
+"""Serving the web app with uvicorn: the bind check, the process, and a thread for tests/demo.
+
+uvicorn's own logging is off (``log_config=None``, no access log): its
+records go through ``notifier.logs`` like every other library's, and the
+access log is ours (``notifier.web.access``), which never prints a header
+or a query string.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import threading
+import time
+from typing import Self
+
+import uvicorn
+from starlette.types import ASGIApp
+
+from notifier.errors import ConfigurationError
+from notifier.settings import Settings
+
+__all__ = ["ServerThread", "check_bind", "uvicorn_config"]
+
+
+def _loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name may resolve to any address
+
+
+def check_bind(settings: Settings) -> None:
+    """Refuse a non-loopback ``NOTIFIER_WEB_HOST`` without ``NOTIFIER_API_KEY`` (§9)."""
+    host = settings.notifier_web_host
+    if not _loopback(host) and settings.notifier_api_key is None:
+        raise ConfigurationError(
+            f"NOTIFIER_WEB_HOST {host} is not a loopback address: set NOTIFIER_API_KEY "
+            "first, or bind 127.0.0.1 (docs/security.md)"
+        )
+
+
+def uvicorn_config(app: ASGIApp, host: str, port: int) -> uvicorn.Config:
+    """uvicorn's settings for our app: our logging, no access log, no lifespan."""
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+        server_header=False,
+        # A status callback or a status read is small and quick: a client that
+        # holds a connection open idle is let go soon.
+        timeout_keep_alive=5,
+    )
+
+
+class ServerThread:
+    """uvicorn serving ``app`` in a daemon thread (tests and ``notifier demo``)."""
+
+    def __init__(self, app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> None:
+        from notifier.testing.ports import free_port
+
+        self.host = host
+        self.port = port or free_port(host)
+        self._server = uvicorn.Server(uvicorn_config(app, self.host, self.port))
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        """The origin it serves, e.g. ``http://127.0.0.1:8808``."""
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> Self:
+        """Serve; return once the port accepts connections."""
+        thread = threading.Thread(target=self._server.run, name=f"web-{self.port}", daemon=True)
+        thread.start()
+        self._thread = thread
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not thread.is_alive():
+                raise RuntimeError(f"the web server on {self.url} exited at start-up")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the web server on {self.url} did not start in {timeout:g}s")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        """Stop serving (open connections are closed) and wait for the thread."""
+        if self._thread is None:
+            return
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+        self._thread = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
