@@ -54,7 +54,7 @@ class CountingRedis(fakeredis.FakeRedis):
         pipe.counter = self
         return pipe
 
-    def reset(self) -> None:
+    def restart(self) -> None:
         """Start counting again (after a warm-up that loaded the scripts)."""
         self.round_trips = 0
         self.commands = []
