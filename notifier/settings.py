@@ -95,6 +95,11 @@ class Settings(BaseSettings):
     # Seconds a dead letter is kept; 0 = forever (docs/DESIGN.md §10: nothing is
     # evicted unless an operator says so). Removed by notifier.dlq_retention.
     notifier_dlq_retention: float = Field(0.0, ge=0)
+    # Seconds every per-delivery status key lives (notifier/status.py, docs/status.md).
+    notifier_status_ttl: int = Field(604_800, ge=1)
+    # Where Twilio reaches `notifier web` (docs/DESIGN.md §9); unset: no receipts are
+    # requested, and an SMS's `sent` is final.
+    notifier_public_url: str | None = None
     notifier_metrics_port: int = Field(9808, ge=0, le=65535)  # 0 = no metrics endpoint
     notifier_template_dir: Path | None = None
     notifier_log_level: str = "INFO"
@@ -103,9 +108,7 @@ class Settings(BaseSettings):
     # refuses as not deliverable: for staging against a local MTA, never production.
     notifier_allow_special_domains: bool = False
 
-    # `notifier web` (docs/DESIGN.md §9). NOTIFIER_PUBLIC_URL is where Twilio reaches
-    # it from outside: unset, no SMS asks for a status callback and /twilio/status is 404.
-    notifier_public_url: str | None = None
+    # `notifier web` (docs/DESIGN.md §9); NOTIFIER_PUBLIC_URL is above, with the status.
     notifier_web_host: str = "127.0.0.1"
     notifier_web_port: int = Field(8808, ge=0, le=65535)
     # The Bearer key of /v1/*; unset, those answer 503 (docs/DESIGN.md §10, "web auth").
@@ -145,17 +148,16 @@ class Settings(BaseSettings):
 
     @field_validator("notifier_public_url")
     @classmethod
-    def _public_origin(cls, value: str | None) -> str | None:
-        # Twilio signs the URL it calls; ours is rebuilt from this, never from the
-        # Host header (docs/security.md), so it must be exact: no query, no fragment.
+    def _public_url(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        parts = urlsplit(value)
+        parts = urlsplit(value.strip())
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError("must be an http(s) URL such as https://notifier.example.com")
         if parts.query or parts.fragment:
-            raise ValueError("must not carry a query or a fragment")
-        return value.rstrip("/")
+            raise ValueError("must not have a query or a fragment")
+        # No trailing slash: paths are appended to it (``/twilio/status``).
+        return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
 
     @property
     def twilio_status_callback_url(self) -> str | None:
