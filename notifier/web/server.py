@@ -11,15 +11,21 @@ from __future__ import annotations
 import ipaddress
 import threading
 import time
+from collections.abc import Callable
+from functools import partial
 from typing import Self
 
 import uvicorn
 from starlette.types import ASGIApp
 
 from notifier.errors import ConfigurationError
+from notifier.health import Check, check_redis, describe_redis_url
+from notifier.receipts import TwilioReceipt, apply_receipt
+from notifier.runtime import Runtime
 from notifier.settings import Settings
+from notifier.web.app import WebParts, create_app
 
-__all__ = ["ServerThread", "check_bind", "uvicorn_config"]
+__all__ = ["ServerThread", "check_bind", "production_parts", "serve", "uvicorn_config"]
 
 
 def _loopback(host: str) -> bool:
@@ -39,6 +45,39 @@ def check_bind(settings: Settings) -> None:
             f"NOTIFIER_WEB_HOST {host} is not a loopback address: set NOTIFIER_API_KEY "
             "first, or bind 127.0.0.1 (docs/security.md)"
         )
+
+
+def production_parts(settings: Settings) -> tuple[WebParts, Callable[[], None]]:
+    """The real parts for these settings, and how to close them.
+
+    The Runtime is a Celery client's (``notifier.app``): the receipts' fallback
+    emails are published with its scheduler, as ``dlq replay`` publishes.
+    """
+    from notifier.app import create_app as celery_app
+
+    app = celery_app(settings)
+    rt: Runtime = app.runtime
+    where = describe_redis_url(settings.redis_url, settings.notifier_redis_master_name)
+
+    def health() -> list[Check]:
+        return [check_redis(rt.redis, where)]
+
+    receipts: Callable[[TwilioReceipt], object] = partial(apply_receipt, rt=rt)
+    parts = WebParts(settings=settings, status=rt.status, health=health, apply_receipt=receipts)
+    return parts, app.close_runtime
+
+
+def serve(settings: Settings) -> None:
+    """Run ``notifier web`` in this process until SIGINT/SIGTERM (``check_bind`` first)."""
+    check_bind(settings)
+    parts, close = production_parts(settings)
+    try:
+        config = uvicorn_config(
+            create_app(parts), settings.notifier_web_host, settings.notifier_web_port
+        )
+        uvicorn.Server(config).run()
+    finally:
+        close()
 
 
 def uvicorn_config(app: ASGIApp, host: str, port: int) -> uvicorn.Config:
