@@ -1,0 +1,130 @@
+"""Receipts end to end: a real worker sends SMS through the Twilio stand-in, which calls the
+real web process back (signed); the status, the dead letter and the fallback email follow.
+
+Real Redis (skipped locally without it, failing on CI), a Celery worker on it,
+the SMTP sink, the stand-in, and ``notifier web`` with its production parts on
+a free port, which is ``NOTIFIER_PUBLIC_URL``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import requests
+from pydantic import SecretStr
+
+from notifier.app import NotifierCelery
+from notifier.client import publish
+from notifier.deadletter import DeadLetter, DeadLetterStore
+from notifier.events import parse_event
+from notifier.planner import Delivery, plan, sms_fallback
+from notifier.settings import Settings
+from notifier.testing import SmtpSink, TwilioStandIn, free_port
+from notifier.web.app import create_app
+from notifier.web.server import ServerThread, production_parts
+from tests import samples
+from tests.polling import eventually
+
+pytestmark = pytest.mark.integration
+
+API_KEY = "e2e-api-key-0123456789"
+ADMIN = {"name": "Grace Hopper", "email": "grace@example.com", "phone": "+14155550123"}
+
+
+@pytest.fixture
+def settings(settings_for: Callable[..., Settings]) -> Settings:
+    port = free_port()
+    return settings_for(
+        notifier_public_url=f"http://127.0.0.1:{port}",
+        notifier_web_port=port,
+        notifier_api_key=SecretStr(API_KEY),
+    )
+
+
+@pytest.fixture
+def web(settings: Settings) -> Iterator[str]:
+    parts, close = production_parts(settings)
+    server = ServerThread(create_app(parts), port=settings.notifier_web_port)
+    with server:
+        yield server.url
+    close()
+
+
+def sms_of(event: dict[str, Any], role: str) -> Delivery:
+    return next(d for d in plan(parse_event(event)) if d.channel == "sms" and d.role == role)
+
+
+def trace(web: str, event_id: str) -> dict[str, Any]:
+    answer = requests.get(
+        f"{web}/v1/events/{event_id}", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=5
+    )
+    assert answer.status_code == 200, answer.text
+    document: dict[str, Any] = answer.json()
+    return document
+
+
+def state_of(web: str, event_id: str, delivery_id: str) -> dict[str, Any] | None:
+    found = [d for d in trace(web, event_id)["deliveries"] if d["delivery_id"] == delivery_id]
+    return found[0] if found else None
+
+
+def reaching(web: str, event_id: str, delivery_id: str, state: str) -> dict[str, Any]:
+    """The delivery's status once it is in ``state`` (polled through the API)."""
+
+    def probe() -> dict[str, Any] | None:
+        found = state_of(web, event_id, delivery_id)
+        return found if found is not None and found["state"] == state else None
+
+    return eventually(probe, timeout=30, what=f"{delivery_id} {state}")
+
+
+def test_an_undelivered_sms_is_dead_lettered_and_falls_back_to_email_once(
+    app: NotifierCelery,
+    web: str,
+    twilio: TwilioStandIn,
+    smtp_sink: SmtpSink,
+    dead_letters: DeadLetterStore,
+) -> None:
+    event = samples.booking_created(admin=ADMIN)
+    fan_sms, admin_sms = sms_of(event, "fan"), sms_of(event, "admin")
+    fallback = sms_fallback(fan_sms)
+    assert fallback is not None
+    # Twilio reports the fan's SMS failed, then undelivered, and retries that.
+    twilio.undeliverable(samples.FAN["phone"], 30003, duplicate=True)
+    publish(event, app=app)
+
+    callbacks = twilio.wait_for_callbacks(6, timeout=30)
+    assert all(callback.answer == 200 for callback in callbacks), callbacks
+    fan = reaching(web, event["event_id"], fallback.delivery_id, "sent")
+    assert fan["channel"] == "email"
+
+    status = {d["delivery_id"]: d for d in trace(web, event["event_id"])["deliveries"]}
+    assert status[fan_sms.delivery_id]["state"] == "undelivered"
+    assert status[admin_sms.delivery_id]["state"] == "delivered"
+    letter = dead_letters.get(fan_sms.delivery_id)
+    assert isinstance(letter, DeadLetter)
+    assert letter.status == "undelivered"
+    assert letter.error == "Twilio ErrorCode 30003: unreachable destination handset"
+    assert status[fan_sms.delivery_id]["dead_letter_id"] == letter.id
+    fallbacks = [
+        mail
+        for mail in smtp_sink.messages
+        if fallback.delivery_id in str(mail.message()["Message-ID"])
+    ]
+    assert len(fallbacks) == 1
+    assert fallbacks[0].rcpt_tos == (samples.FAN["email"],)
+
+
+def test_a_good_number_ends_delivered(
+    app: NotifierCelery, web: str, twilio: TwilioStandIn, dead_letters: DeadLetterStore
+) -> None:
+    event = samples.booking_created()
+    fan_sms = sms_of(event, "fan")
+    publish(event, app=app)
+
+    twilio.wait_for_callbacks(2, timeout=30)
+    final = reaching(web, event["event_id"], fan_sms.delivery_id, "delivered")
+    assert [entry["state"] for entry in final["timeline"]][-1] == "delivered"
+    assert dead_letters.count() == 0
