@@ -36,7 +36,7 @@ from kombu.exceptions import OperationalError
 from vine import promise
 
 import celeryconfig
-from notifier import dlq_retention, keys, metrics, outage, pipeline
+from notifier import console_bulk, dlq_retention, keys, metrics, outage, pipeline
 from notifier.errors import NotifierError, PublishError
 from notifier.jobs import Job
 from notifier.logs import configure_logging, get_logger, route_stdlib_logging
@@ -45,7 +45,7 @@ from notifier.runtime import Runtime
 from notifier.settings import Settings
 from notifier.transport import RejectedEntry
 
-__all__ = ["CeleryScheduler", "NotifierCelery", "create_app"]
+__all__ = ["CeleryScheduler", "NotifierCelery", "create_app", "publish_bulk"]
 
 
 _logger = logging.getLogger(__name__)
@@ -364,8 +364,29 @@ def create_app(settings: Settings) -> NotifierCelery:
             return
         pipeline.deliver(job, app.runtime, started=started)
 
+    @app.task(name=keys.CONSOLE_BULK_TASK, shared=False)
+    def bulk(job_id: str) -> None:
+        """A console bulk action over a filter, for half a time limit; then again until done."""
+        rt = app.runtime
+        soft_limit, _ = app.settings.task_time_limits
+        job = console_bulk.run_bulk(
+            job_id,
+            console_bulk.BulkJobs(rt.redis),
+            rt.dead_letters,
+            lambda batch: pipeline.replay_many(batch, rt),
+            budget=soft_limit / 2,
+        )
+        if job is not None and job.state == "running":
+            publish_bulk(app, job_id)
+
     _apps.add(app)
     return app
+
+
+def publish_bulk(app: Celery, job_id: str) -> None:
+    """Publish the console's bulk task for a job (``notifier.console_bulk``)."""
+    with _broker_errors():
+        app.send_task(keys.CONSOLE_BULK_TASK, args=[job_id], queue=keys.EMAIL_QUEUE)
 
 
 def _reject_queue_entry(app: NotifierCelery, entry: RejectedEntry) -> None:

@@ -7,6 +7,8 @@ All keys start with ``notifier:``; the Celery queues are named ``notifier.*``
 from __future__ import annotations
 
 __all__ = [
+    "CONSOLE_BULK_TASK",
+    "CONSOLE_BULK_TTL",
     "DELIVER_TASK",
     "DLQ_BY_PREFIX",
     "DLQ_COUNTS",
@@ -30,6 +32,7 @@ __all__ = [
     "TRANSPORT_REJECTED_LOCK",
     "TRANSPORT_REJECTED_SEQ",
     "circuit",
+    "console_bulk",
     "dlq_entry",
     "ledger",
     "rate_limit",
@@ -53,6 +56,8 @@ QUEUES = (EVENTS_QUEUE, EMAIL_QUEUE, SMS_QUEUE)
 # Celery task names: the public contract (docs/DESIGN.md §1).
 HANDLE_EVENT_TASK = "notifier.handle_event"
 DELIVER_TASK = "notifier.deliver"
+# The console's bulk actions over a filter (docs/DESIGN.md §10): on notifier.email.
+CONSOLE_BULK_TASK = "notifier.console_bulk"
 
 
 def ledger(delivery_id: str) -> str:
@@ -170,3 +175,12 @@ def status_replays(delivery_id: str) -> str:
 def receipt_follow_up(delivery_id: str) -> str:
     """A short lease: which receipt does an undelivered SMS's follow-up (notifier.receipts)."""
     return f"{PREFIX}receipt:follow-up:{delivery_id}"
+
+
+def console_bulk(job_id: str) -> str:
+    """One console bulk action (replay or purge over a filter): its JSON record and progress."""
+    return f"{PREFIX}console:bulk:{job_id}"
+
+
+CONSOLE_BULK_TTL = 7 * 24 * 3600
+"""Seconds a bulk action's record is kept after its last progress write."""

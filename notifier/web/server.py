@@ -24,6 +24,7 @@ from notifier.receipts import TwilioReceipt, apply_receipt
 from notifier.runtime import Runtime
 from notifier.settings import Settings
 from notifier.web.app import WebParts, create_app
+from notifier.web.console.wiring import production_ports
 
 __all__ = ["ServerThread", "check_bind", "production_parts", "serve", "uvicorn_config"]
 
@@ -63,7 +64,13 @@ def production_parts(settings: Settings) -> tuple[WebParts, Callable[[], None]]:
         return [check_redis(rt.redis, where)]
 
     receipts: Callable[[TwilioReceipt], object] = partial(apply_receipt, rt=rt)
-    parts = WebParts(settings=settings, status=rt.status, health=health, apply_receipt=receipts)
+    parts = WebParts(
+        settings=settings,
+        status=rt.status,
+        health=health,
+        apply_receipt=receipts,
+        console=production_ports(settings, app),
+    )
     return parts, app.close_runtime
 
 
