@@ -32,11 +32,11 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 __all__ = [
+    "FINAL_STATES",
     "DeliveryState",
     "DeliveryStatus",
     "EventState",
     "EventStatus",
-    "FINAL_STATES",
     "FinalState",
     "TimelineEntry",
 ]
