@@ -2,7 +2,7 @@
 
 ``Runtime.from_settings`` is the one assembly point: the Redis pool, the
 Jinja2 environment, the SMTP mailer, the Twilio sender, the ledger, the
-dead-letter store, the limits, the scheduler and the clock, each made once
+status store, the dead-letter store, the limits, the scheduler and the clock, each made once
 per process and reused. Everything else receives a ``Runtime`` and reads its
 parts; tests build one with fakes through the constructor (or
 ``dataclasses.replace``). Under Celery's prefork pool each child process
@@ -40,6 +40,7 @@ from notifier.ratelimit import RecipientLimiter, Throttle, parse_rate_limits
 from notifier.redis_clients import redis_client
 from notifier.retry import RetryPolicy
 from notifier.settings import Settings
+from notifier.status import FinalStateSink, StatusStore, ignore_final
 from notifier.templates import Renderer
 
 __all__ = ["Mailer", "MetricsRecorder", "Runtime", "SmsSender"]
@@ -135,6 +136,8 @@ class Runtime:
     recipient_limits: RecipientLimiter
     throttles: Mapping[str, Throttle]
     """Provider send rates, by channel."""
+    status: StatusStore
+    """What became of each delivery (``notifier trace``; docs/status.md)."""
     clock: Callable[[], datetime] = _now
     monotonic: Callable[[], float] = time.monotonic
     """Seconds for time spent (a task's budget, notifier.budget); wall-clock jumps don't move it."""
@@ -143,6 +146,8 @@ class Runtime:
     mailer: FailoverMailer | None = None
     """The production mailer behind ``smtp``, for the outage watch's probes and circuits."""
     metrics: MetricsRecorder = field(default_factory=metrics_package.ProcessRecorder)
+    on_final: FinalStateSink = ignore_final
+    """Told once per delivery (and rejected event) reaching a final state: callbacks' seam."""
     _sender: Address | None = field(default=None, init=False, repr=False)
 
     @classmethod
@@ -176,6 +181,7 @@ class Runtime:
                 "email": Throttle(client, "smtp", settings.notifier_smtp_mps),
                 "sms": Throttle(client, "twilio", settings.notifier_sms_mps),
             },
+            status=StatusStore(client, ttl=settings.notifier_status_ttl, clock=clock),
             clock=clock,
             hold=_hold(settings, client, mailer),
             mailer=mailer,
