@@ -25,6 +25,7 @@ from typing import Protocol
 from redis import Redis
 
 from notifier import metrics as metrics_package
+from notifier.callbacks import CallbackPoster, CallbackSender
 from notifier.channels import Receipt
 from notifier.channels.sms import SmsChannel
 from notifier.channels.smtp.connection import SmtpChannel, SmtpProvider
@@ -34,7 +35,7 @@ from notifier.deadletter import DeadLetterStore
 from notifier.deadlines import Deadline
 from notifier.errors import ConfigurationError
 from notifier.hold import OutageHold
-from notifier.jobs import Scheduler
+from notifier.jobs import CallbackQueue, Scheduler
 from notifier.ledger import Ledger
 from notifier.ratelimit import RecipientLimiter, Throttle, parse_rate_limits
 from notifier.redis_clients import redis_client
@@ -78,6 +79,9 @@ class MetricsRecorder(Protocol):
     def timed_send(self, send: Callable[[], Receipt]) -> Receipt:
         """Call ``send`` (a provider send) and observe how long it took."""
 
+    def record_callback(self, outcome: str) -> None:
+        """Count one callback outcome (``notifier.callbacks``)."""
+
 
 class SmsSender(Protocol):
     """Sends one SMS (``channels.sms.SmsChannel`` in production)."""
@@ -118,6 +122,13 @@ def _hold(settings: Settings, client: Redis, mailer: FailoverMailer) -> OutageHo
     return OutageHold(client, mailer.down)
 
 
+def _callback_poster(settings: Settings, clock: Callable[[], datetime]) -> CallbackPoster | None:
+    url, secret = settings.notifier_callback_url, settings.notifier_callback_secret
+    if not settings.callbacks_enabled or url is None or secret is None:
+        return None
+    return CallbackPoster(url, secret, settings.callback_timeout, clock=clock)
+
+
 @dataclass
 class Runtime:
     """Everything the pipeline uses, for one process."""
@@ -143,6 +154,10 @@ class Runtime:
     mailer: FailoverMailer | None = None
     """The production mailer behind ``smtp``, for the outage watch's probes and circuits."""
     metrics: MetricsRecorder = field(default_factory=metrics_package.ProcessRecorder)
+    callback_queue: CallbackQueue | None = None
+    """Where ``notifier.callback`` jobs go (the Celery app); None: nowhere (some tests)."""
+    callback_poster: CallbackSender | None = None
+    """POSTs callbacks to the producer; None unless NOTIFIER_CALLBACK_URL and _SECRET are set."""
     _sender: Address | None = field(default=None, init=False, repr=False)
 
     @classmethod
@@ -153,8 +168,14 @@ class Runtime:
         *,
         clock: Callable[[], datetime] = _now,
         client: Redis | None = None,
+        callback_queue: CallbackQueue | None = None,
     ) -> Runtime:
-        """The production parts for these settings (``client``: a Redis client to use)."""
+        """The production parts for these settings (``client``: a Redis client to use).
+
+        ``callback_queue`` puts callbacks to the producer on ``notifier.callbacks``
+        (the Celery app's scheduler); they are sent only when
+        ``Settings.callbacks_enabled``.
+        """
         client = client if client is not None else redis_client(settings)
         mailer = _mailer(settings, client)
         return cls(
@@ -179,6 +200,8 @@ class Runtime:
             clock=clock,
             hold=_hold(settings, client, mailer),
             mailer=mailer,
+            callback_queue=callback_queue,
+            callback_poster=_callback_poster(settings, clock),
         )
 
     def sender(self) -> Address:
@@ -203,5 +226,7 @@ class Runtime:
         self.smtp.close()
         if self.sms_sender is not None:
             self.sms_sender.close()
+        if self.callback_poster is not None:
+            self.callback_poster.close()
         metrics_package.recent.detach(self.redis)
         self.redis.close()
