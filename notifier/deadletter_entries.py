@@ -49,7 +49,7 @@ __all__ = [
     "stored_form",
 ]
 
-Status = Literal["failed", "rejected", "expired", "rate_limited"]
+Status = Literal["failed", "rejected", "expired", "rate_limited", "undelivered"]
 
 MAX_ENTRY_BYTES = 70_000
 """The largest entry, as stored. The largest valid event (64 KiB) fits with its delivery."""

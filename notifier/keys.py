@@ -27,6 +27,7 @@ __all__ = [
     "REPLAY_GRANT_TTL",
     "SMS_QUEUE",
     "STATS_OUTCOMES_TTL",
+    "STATUS_PREFIX",
     "TRANSPORT_REJECTED",
     "TRANSPORT_REJECTED_LOCK",
     "TRANSPORT_REJECTED_SEQ",
@@ -37,6 +38,10 @@ __all__ = [
     "redeliveries",
     "replay_grant",
     "stats_outcomes",
+    "status_delivery",
+    "status_event",
+    "status_replays",
+    "status_sid",
     "throttle",
 ]
 
@@ -142,3 +147,27 @@ HOLD_DEADLINES = f"{PREFIX}hold:deadlines"
 
 HOLD_LOCK = f"{PREFIX}hold:lock"
 """Held (with a lease) by the one worker host that probes and releases the hold."""
+
+
+STATUS_PREFIX = f"{PREFIX}status:"
+"""Every per-delivery status key starts here (notifier/status.py, docs/status.md)."""
+
+
+def status_event(event_id: str) -> str:
+    """An event's status: a hash (type, state, reasons, dead_letter_id, deliveries); expires."""
+    return f"{STATUS_PREFIX}event:{event_id}"
+
+
+def status_delivery(delivery_id: str) -> str:
+    """One delivery's status: a hash (state, attempts, timeline, …); expires."""
+    return f"{STATUS_PREFIX}delivery:{delivery_id}"
+
+
+def status_sid(provider_id: str) -> str:
+    """The delivery (its JSON) an SMS's Twilio MessageSid belongs to, for receipts; expires."""
+    return f"{STATUS_PREFIX}sid:{provider_id}"
+
+
+def status_replays(delivery_id: str) -> str:
+    """A counter of the resends of an undelivered SMS (``<id>:r<n>``); expires."""
+    return f"{STATUS_PREFIX}replays:{delivery_id}"

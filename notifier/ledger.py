@@ -12,19 +12,26 @@ Per ``delivery_id`` one Redis key moves through two states:
 
 The only duplicate window left is a crash between the provider accepting a
 message and ``mark_sent`` (docs/guarantees.md).
+
+``claim``, ``mark_sent`` and ``release`` take ``riders``: other scripts' calls
+(the delivery status, ``notifier.status``) sent in the same round trip, so that
+recording what happened costs the happy path no round trip (docs/status.md).
 """
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 import redis
 
 from notifier import keys
 from notifier.channels import Receipt
 from notifier.redis_clients import reply_text
+from notifier.script_calls import ScriptCall, settle
 
 __all__ = ["Claim", "ClaimState", "Ledger"]
 
@@ -66,6 +73,8 @@ class Claim:
     state: ClaimState
     token: str = ""
     retry_after: float = 0.0
+    riders: tuple[Any, ...] = ()
+    """The replies of the calls that rode the claim (``notifier.script_calls.settle``)."""
 
 
 class Ledger:
@@ -80,26 +89,60 @@ class Ledger:
         self._claim = client.register_script(_CLAIM)
         self._release = client.register_script(_RELEASE)
 
-    def claim(self, delivery_id: str) -> Claim:
-        """Try to take the delivery for sending."""
+    def claim(self, delivery_id: str, riders: Sequence[ScriptCall] = ()) -> Claim:
+        """Try to take the delivery for sending (``riders`` in the same round trip)."""
         token = "claim:" + secrets.token_hex(8)
-        current, pttl = self._claim(
-            keys=[keys.ledger(delivery_id)], args=[token, self.lease * 1000]
-        )
+        call = ScriptCall(self._claim, (keys.ledger(delivery_id),), (token, self.lease * 1000))
+        reply, replies = self._with_riders(call, riders)
+        current, pttl = reply
         if current is None:
-            return Claim(ClaimState.CLAIMED, token=token)
+            return Claim(ClaimState.CLAIMED, token=token, riders=replies)
         if reply_text(current).startswith("sent:"):
-            return Claim(ClaimState.SENT)
-        return Claim(ClaimState.BUSY, retry_after=max(int(pttl), 0) / 1000)
+            return Claim(ClaimState.SENT, riders=replies)
+        return Claim(ClaimState.BUSY, retry_after=max(int(pttl), 0) / 1000, riders=replies)
 
-    def mark_sent(self, delivery_id: str, receipt: Receipt) -> None:
-        """Record that the provider accepted it (unconditionally: it *was* sent)."""
+    def mark_sent(
+        self, delivery_id: str, receipt: Receipt, riders: Sequence[ScriptCall] = ()
+    ) -> tuple[Any, ...]:
+        """Record that the provider accepted it (unconditionally: it *was* sent).
+
+        Returns the riders' replies; the marker's own failure raises.
+        """
         value = f"sent:{receipt.provider}:{receipt.provider_id}"
-        self._redis.set(keys.ledger(delivery_id), value, ex=self.ttl)
+        if not riders:
+            self._redis.set(keys.ledger(delivery_id), value, ex=self.ttl)
+            return ()
+        with self._redis.pipeline(transaction=False) as pipe:
+            pipe.set(keys.ledger(delivery_id), value, ex=self.ttl)
+            for rider in riders:
+                rider.queue(pipe)
+            replies = pipe.execute(raise_on_error=False)
+        if isinstance(replies[0], Exception):
+            raise replies[0]
+        return tuple(settle(r, reply) for r, reply in zip(riders, replies[1:], strict=True))
 
-    def release(self, delivery_id: str, claim: Claim) -> None:
+    def release(
+        self, delivery_id: str, claim: Claim, riders: Sequence[ScriptCall] = ()
+    ) -> tuple[Any, ...]:
         """Give a claim back after a failed attempt, if it is still ours."""
-        self._release(keys=[keys.ledger(delivery_id)], args=[claim.token])
+        call = ScriptCall(self._release, (keys.ledger(delivery_id),), (claim.token,))
+        return self._with_riders(call, riders)[1]
+
+    def _with_riders(
+        self, call: ScriptCall, riders: Sequence[ScriptCall]
+    ) -> tuple[Any, tuple[Any, ...]]:
+        """The ledger's own call (its error raised) and the riders' replies, one round trip."""
+        if not riders:
+            return call.run(), ()
+        with self._redis.pipeline(transaction=False) as pipe:
+            call.queue(pipe)
+            for rider in riders:
+                rider.queue(pipe)
+            replies = pipe.execute(raise_on_error=False)
+        own = settle(call, replies[0])
+        if isinstance(own, Exception):
+            raise own
+        return own, tuple(settle(r, reply) for r, reply in zip(riders, replies[1:], strict=True))
 
     def state(self, delivery_id: str) -> str | None:
         """The raw ledger value (``sent:...``, ``claim:...``) or None: for operators and tests."""

@@ -13,6 +13,7 @@ would not be sure to cover (``notifier.budget``).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -45,6 +46,8 @@ from notifier.ledger import ClaimState
 from notifier.logs import get_logger
 from notifier.planner import Delivery, plan, sms_fallback
 from notifier.runtime import Runtime
+from notifier.script_calls import ScriptCall
+from notifier.status import DeliveryState, FinalState, ignore_final
 from notifier.timestamps import iso_utc
 
 __all__ = [
@@ -92,6 +95,99 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+_SMS_OFF = "Twilio is not configured"
+
+# The delivery state a dead letter's status leaves (docs/DESIGN.md §9).
+_DEAD_STATES: dict[Status, DeliveryState] = {
+    "failed": "failed",
+    "expired": "expired",
+    "rate_limited": "rate_limited",
+    "undelivered": "undelivered",
+    "rejected": "failed",
+}
+
+
+class _Accept:
+    """An accepted event's status write (``queued``/``skipped`` for every planned
+    delivery), waiting to ride the first claim of the event's emails (docs/status.md)."""
+
+    def __init__(self, rt: Runtime, event: Event, planned: Sequence[Delivery]) -> None:
+        self._rt = rt
+        self._by_id = {delivery.delivery_id: delivery for delivery in planned}
+        entries: list[tuple[Delivery, DeliveryState, str]] = [
+            (d, "skipped", _SMS_OFF)
+            if d.channel == "sms" and not rt.settings.sms_enabled
+            else (d, "queued", "")
+            for d in planned
+        ]
+        self.call: ScriptCall | None = rt.status.accept_call(
+            str(event.event_id), event.type, entries
+        )
+
+    def take(self) -> tuple[ScriptCall, ...]:
+        """The write to ride a round trip, once; () after that."""
+        call, self.call = self.call, None
+        return () if call is None else (call,)
+
+    def settle(self, reply: object) -> None:
+        """Tell ``on_final`` about the deliveries the write made final (skipped SMS)."""
+        for delivery_id in self._rt.status.finals_of_accept(reply):
+            delivery = self._by_id.get(delivery_id)
+            if delivery is not None:
+                _final(self._rt, delivery, "skipped", error=_SMS_OFF)
+
+    def flush(self) -> None:
+        """Write it on its own if nothing carried it (no email sent inline)."""
+        calls = self.take()
+        if calls:
+            self.settle(self._rt.status.write(calls)[0])
+
+
+def _final(
+    rt: Runtime,
+    delivery: Delivery,
+    state: str,
+    *,
+    provider_id: str | None = None,
+    error: str | None = None,
+) -> None:
+    """Tell ``rt.on_final`` (once per delivery: the store said this write made it final)."""
+    if rt.on_final is ignore_final:
+        return
+    rt.on_final(
+        FinalState(
+            event_id=delivery.event_id,
+            delivery_id=delivery.delivery_id,
+            type=delivery.event_type,
+            channel=delivery.channel,
+            template=delivery.template,
+            state=state,
+            provider_id=provider_id,
+            error=error,
+            at=rt.status.now(),
+        )
+    )
+
+
+def _status(
+    rt: Runtime,
+    delivery: Delivery,
+    state: DeliveryState,
+    *,
+    detail: str = "",
+    attempts: int | None = None,
+    dead_letter_id: str | None = None,
+    also: Sequence[ScriptCall] = (),
+) -> None:
+    """A transition written on its own round trip (paths off the happy one)."""
+    call = rt.status.transition_call(
+        delivery, state, detail=detail, attempts=attempts, dead_letter_id=dead_letter_id
+    )
+    replies = rt.status.write([call, *also])
+    if rt.status.became_final(replies[0]):
+        _final(rt, delivery, state, error=detail or None)
+
+
 def handle_event(raw: object, rt: Runtime, *, started: float | None = None) -> list[Outcome]:
     """Validate and plan one event; send its emails now, queue its SMS.
 
@@ -122,11 +218,15 @@ def handle_event(raw: object, rt: Runtime, *, started: float | None = None) -> l
         rt.settings
     )
     handing_off = False
-    for delivery in plan(event):
+    planned = plan(event)
+    # Every planned delivery is recorded `queued` (or `skipped`) by a write that
+    # rides the first inline email's claim: no round trip of its own (docs/status.md).
+    accept = _Accept(rt, event, planned)
+    for delivery in planned:
         job = Job(delivery=delivery)
         if delivery.channel == "sms":
             if not rt.settings.sms_enabled:
-                _log_outcome(rt, job, "skipped", reason="Twilio is not configured")
+                _log_outcome(rt, job, "skipped", reason=_SMS_OFF)
                 outcomes.append(Outcome(delivery.delivery_id, "skipped"))
                 continue
             # SMS are throttled per sender by Twilio: they get a queue of their own.
@@ -141,7 +241,8 @@ def handle_event(raw: object, rt: Runtime, *, started: float | None = None) -> l
             _log_outcome(rt, job, "queued", reason="task time budget")
             outcomes.append(Outcome(delivery.delivery_id, "queued"))
             continue
-        outcomes.append(run_job(job, rt, started=started))
+        outcomes.append(run_job(job, rt, started=started, accept=accept))
+    accept.flush()
     return outcomes
 
 
@@ -156,6 +257,23 @@ def reject(raw: object, errors: list[str], rt: Runtime) -> None:
         errors=errors,
         dead_letter_id=entry.id,
     )
+    became = entry.event_id is not None and rt.status.reject(
+        entry.event_id, entry.event_type, errors, entry.id
+    )
+    if became and entry.event_id is not None and rt.on_final is not ignore_final:
+        rt.on_final(
+            FinalState(
+                event_id=entry.event_id,
+                delivery_id=None,
+                type=entry.event_type,
+                channel=None,
+                template=None,
+                state="rejected",
+                provider_id=None,
+                error="; ".join(errors),
+                at=rt.status.now(),
+            )
+        )
     _alert_if_crowded(rt)
 
 
@@ -213,21 +331,31 @@ def parse_job(raw_job: object, *, allow_special_domains: bool = False) -> Job:
     return job.model_copy(update={"delivery": planned})
 
 
+# A resend of an undelivered SMS (docs/DESIGN.md §10): its planned id, ":r", a number.
+_RESEND = re.compile(r"^(?P<planned>.+):r(?P<n>[1-9][0-9]{0,8})$")
+
+
 def _planned(event: Event, delivery_id: str) -> Delivery | None:
+    resend = _RESEND.match(delivery_id)
     for planned in plan(event):
         if planned.delivery_id == delivery_id:
             return planned
+        if resend and planned.channel == "sms" and planned.delivery_id == resend["planned"]:
+            return planned.model_copy(update={"delivery_id": delivery_id})
         fallback = sms_fallback(planned)
         if fallback is not None and fallback.delivery_id == delivery_id:
             return fallback
     return None
 
 
-def run_job(job: Job, rt: Runtime, *, started: float | None = None) -> Outcome:
+def run_job(
+    job: Job, rt: Runtime, *, started: float | None = None, accept: _Accept | None = None
+) -> Outcome:
     """One attempt of one delivery, guarded by the idempotency ledger.
 
     ``started``: the task's start on ``rt.monotonic`` (default: now); the
     send must hand its message over by the task's deadline (``notifier.budget``).
+    ``accept``: the event's status write, to ride this claim (``handle_event``).
     """
     delivery = job.delivery
     started = rt.monotonic() if started is None else started
@@ -237,7 +365,10 @@ def run_job(job: Job, rt: Runtime, *, started: float | None = None) -> Outcome:
         error = f"DeadlineExpired: not sent: its deadline {delivery.not_after} has passed"
         return _dead(job, rt, error, status="expired", record=False)
 
-    claim = rt.ledger.claim(delivery.delivery_id)
+    riders = accept.take() if accept is not None else ()
+    claim = rt.ledger.claim(delivery.delivery_id, riders)
+    if accept is not None and riders:
+        accept.settle(claim.riders[0])
     if claim.state is ClaimState.SENT:
         _log_outcome(rt, job, "duplicate")
         return Outcome(delivery.delivery_id, "duplicate")
@@ -291,8 +422,22 @@ def run_job(job: Job, rt: Runtime, *, started: float | None = None) -> Outcome:
     except NotifierError as exc:
         rt.ledger.release(delivery.delivery_id, claim)
         return _failed(job, rt, exc, exempt=exempt)
+    # Email has no receipt: `sent` is final. An SMS's is too when no receipt was
+    # asked for (no NOTIFIER_PUBLIC_URL); otherwise Twilio's receipt ends it, found
+    # by its MessageSid (docs/DESIGN.md §10).
+    receipts = delivery.channel == "sms" and rt.settings.notifier_public_url is not None
+    sent = rt.status.transition_call(
+        delivery,
+        "sent",
+        detail=receipt.provider_id,
+        attempts=job.attempt,
+        provider=receipt.provider,
+        provider_id=receipt.provider_id,
+        sent_final=not receipts,
+        sid=receipts,
+    )
     try:
-        rt.ledger.mark_sent(delivery.delivery_id, receipt)
+        replies = rt.ledger.mark_sent(delivery.delivery_id, receipt, (sent,))
     except redis.RedisError as exc:
         # The provider took it, but the ledger could not record it (Redis full
         # or gone): this send will be repeated once the message comes back.
@@ -308,6 +453,8 @@ def run_job(job: Job, rt: Runtime, *, started: float | None = None) -> Outcome:
         )
         raise
     _log_outcome(rt, job, "sent", provider=receipt.provider, provider_id=receipt.provider_id)
+    if rt.status.became_final(replies[0]):
+        _final(rt, delivery, "sent", provider_id=receipt.provider_id)
     return Outcome(delivery.delivery_id, "sent", receipt=receipt)
 
 
@@ -392,6 +539,7 @@ def _failed(job: Job, rt: Runtime, exc: NotifierError, *, exempt: bool = False) 
             )
             rt.scheduler.schedule(retry, countdown=delay)
             _log_outcome(rt, job, "retried", error=error, retry_in=round(delay, 3))
+            _status(rt, job.delivery, "retrying", detail=error, attempts=job.attempt)
             return Outcome(job.delivery.delivery_id, "retried", error=error)
         error = f"{error} (gave up after {job.attempt} attempts)"
     return _dead(job.model_copy(update={"history": history}), rt, error, status="failed")
@@ -417,6 +565,7 @@ def _hold(hold: OutageHold, job: Job, rt: Runtime, error: str) -> Outcome:
     held = hold.put(job, rt.clock())
     since = held.held_since
     _log_outcome(rt, job, "held", error=error, held_since=iso_utc(since) if since else None)
+    _status(rt, job.delivery, "held", detail=error)
     return Outcome(job.delivery.delivery_id, "held", error=error)
 
 
@@ -441,6 +590,18 @@ def _dead(job: Job, rt: Runtime, error: str, *, status: Status, record: bool = T
     )
     outcome: OutcomeName = "rate_limited" if status == "rate_limited" else "dead"
     _log_outcome(rt, job, outcome, error=error, status=status, dead_letter_id=entry.id)
+    # The fallback email gets a record of its own, linked to the event, in the
+    # same round trip as the SMS's final state.
+    state = _DEAD_STATES[status]
+    _status(
+        rt,
+        job.delivery,
+        state,
+        detail=error,
+        attempts=job.attempt if record else None,
+        dead_letter_id=entry.id,
+        also=[rt.status.transition_call(fallback, "queued")] if fallback else (),
+    )
     _alert_if_crowded(rt)
     if fallback is not None:
         rt.scheduler.schedule(Job(delivery=fallback), countdown=0)
@@ -543,10 +704,13 @@ def replay(entry: DeadLetter, rt: Runtime) -> str:
     if entry.callback is not None:
         return _replay_callback(entry, rt)
     if entry.delivery is not None:
+        delivery = _replayed_delivery(entry, rt)
         # The operator's call: this delivery may go past the per-recipient limits, once.
-        grant = rt.recipient_limits.grant(entry.delivery.delivery_id)
-        job = Job(delivery=entry.delivery, history=entry.history, replay_grant=grant)
+        grant = rt.recipient_limits.grant(delivery.delivery_id)
+        job = Job(delivery=delivery, history=entry.history, replay_grant=grant)
         rt.scheduler.schedule(job, countdown=0)
+        if delivery is not entry.delivery:
+            return f"re-enqueued on {entry.channel} as {delivery.delivery_id}"
         return f"re-enqueued on {entry.channel}"
     rt.scheduler.publish_event(_replayable_event(entry))
     return "re-published to notifier.handle_event"
@@ -562,7 +726,9 @@ def replay_many(entries: Sequence[DeadLetter], rt: Runtime) -> list[str | Notifi
     the store): the ledger stops whichever job was sent after all.
     """
     outcomes: list[str | NotifierError] = ["" for _ in entries]
-    deliveries = [(i, e.delivery) for i, e in enumerate(entries) if e.delivery is not None]
+    deliveries = [
+        (i, _replayed_delivery(e, rt)) for i, e in enumerate(entries) if e.delivery is not None
+    ]
     events: list[tuple[int, dict[str, Any]]] = []
     for i, entry in enumerate(entries):
         if entry.callback is not None:
@@ -593,7 +759,11 @@ def replay_many(entries: Sequence[DeadLetter], rt: Runtime) -> list[str | Notifi
             outcomes[i] = error
         return outcomes
     for i, delivery in deliveries:
-        outcomes[i] = f"re-enqueued on {delivery.channel}"
+        original = entries[i].delivery
+        resent = original is not None and delivery.delivery_id != original.delivery_id
+        outcomes[i] = f"re-enqueued on {delivery.channel}" + (
+            f" as {delivery.delivery_id}" if resent else ""
+        )
     for i, _ in events:
         outcomes[i] = "re-published to notifier.handle_event"
     return outcomes
@@ -609,6 +779,23 @@ def _replay_callback(entry: DeadLetter, rt: Runtime) -> str:
         raise PermanentError("nothing to replay: no callback, or no queue to put it on")
     queue.schedule_callback(CallbackJob(payload=entry.callback, history=entry.history[-20:]), 0)
     return f"re-enqueued on {keys.CALLBACKS_QUEUE}"
+
+
+def _replayed_delivery(entry: DeadLetter, rt: Runtime) -> Delivery:
+    """The delivery a replay sends: an undelivered SMS goes again as ``<id>:r<n>``.
+
+    The ledger holds its first send as `sent`, so under its own id the replay would
+    stop there (docs/DESIGN.md §10); the new id is linked to the event's status.
+    """
+    delivery = entry.delivery
+    assert delivery is not None  # callers pass only entries holding a delivery
+    if entry.status != "undelivered" or delivery.channel != "sms":
+        return delivery
+    base = _RESEND.match(delivery.delivery_id)
+    planned_id = base["planned"] if base else delivery.delivery_id
+    resend = delivery.model_copy(update={"delivery_id": rt.status.next_resend_id(planned_id)})
+    rt.status.link(resend, detail=f"resend of {planned_id}")
+    return resend
 
 
 def _replayable_event(entry: DeadLetter) -> dict[str, Any]:

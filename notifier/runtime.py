@@ -2,7 +2,7 @@
 
 ``Runtime.from_settings`` is the one assembly point: the Redis pool, the
 Jinja2 environment, the SMTP mailer, the Twilio sender, the ledger, the
-dead-letter store, the limits, the scheduler and the clock, each made once
+status store, the dead-letter store, the limits, the scheduler and the clock, each made once
 per process and reused. Everything else receives a ``Runtime`` and reads its
 parts; tests build one with fakes through the constructor (or
 ``dataclasses.replace``). Under Celery's prefork pool each child process
@@ -25,7 +25,7 @@ from typing import Protocol
 from redis import Redis
 
 from notifier import metrics as metrics_package
-from notifier.callbacks import CallbackPoster, CallbackSender
+from notifier.callbacks import CallbackPoster, CallbackPublisher, CallbackSender
 from notifier.channels import Receipt
 from notifier.channels.sms import SmsChannel
 from notifier.channels.smtp.connection import SmtpChannel, SmtpProvider
@@ -41,6 +41,7 @@ from notifier.ratelimit import RecipientLimiter, Throttle, parse_rate_limits
 from notifier.redis_clients import redis_client
 from notifier.retry import RetryPolicy
 from notifier.settings import Settings
+from notifier.status import FinalStateSink, StatusStore, ignore_final
 from notifier.templates import Renderer
 
 __all__ = ["Mailer", "MetricsRecorder", "Runtime", "SmsSender"]
@@ -146,6 +147,8 @@ class Runtime:
     recipient_limits: RecipientLimiter
     throttles: Mapping[str, Throttle]
     """Provider send rates, by channel."""
+    status: StatusStore
+    """What became of each delivery (``notifier trace``; docs/status.md)."""
     clock: Callable[[], datetime] = _now
     monotonic: Callable[[], float] = time.monotonic
     """Seconds for time spent (a task's budget, notifier.budget); wall-clock jumps don't move it."""
@@ -158,6 +161,8 @@ class Runtime:
     """Where ``notifier.callback`` jobs go (the Celery app); None: nowhere (some tests)."""
     callback_poster: CallbackSender | None = None
     """POSTs callbacks to the producer; None unless NOTIFIER_CALLBACK_URL and _SECRET are set."""
+    on_final: FinalStateSink = ignore_final
+    """Told once per delivery (and rejected event) reaching a final state: callbacks' seam."""
     _sender: Address | None = field(default=None, init=False, repr=False)
 
     @classmethod
@@ -173,11 +178,17 @@ class Runtime:
         """The production parts for these settings (``client``: a Redis client to use).
 
         ``callback_queue`` puts callbacks to the producer on ``notifier.callbacks``
-        (the Celery app's scheduler); they are sent only when
-        ``Settings.callbacks_enabled``.
+        (the Celery app's scheduler). With ``Settings.callbacks_enabled`` and a
+        queue, ``on_final`` enqueues a callback for each final state
+        (``callbacks.CallbackPublisher``); otherwise it ignores them.
         """
         client = client if client is not None else redis_client(settings)
         mailer = _mailer(settings, client)
+        dead_letters = DeadLetterStore(client, clock=clock)
+        recorder = metrics_package.ProcessRecorder()
+        on_final: FinalStateSink = ignore_final
+        if settings.callbacks_enabled and callback_queue is not None:
+            on_final = CallbackPublisher(callback_queue, dead_letters, recorder)
         return cls(
             settings=settings,
             scheduler=scheduler,
@@ -186,7 +197,7 @@ class Runtime:
             ledger=Ledger(
                 client, ttl=settings.notifier_ledger_ttl, lease=settings.notifier_claim_lease
             ),
-            dead_letters=DeadLetterStore(client, clock=clock),
+            dead_letters=dead_letters,
             retry=RetryPolicy.from_settings(settings),
             smtp=mailer,
             sms_sender=SmsChannel(settings) if settings.sms_enabled else None,
@@ -197,11 +208,14 @@ class Runtime:
                 "email": Throttle(client, "smtp", settings.notifier_smtp_mps),
                 "sms": Throttle(client, "twilio", settings.notifier_sms_mps),
             },
+            status=StatusStore(client, ttl=settings.notifier_status_ttl, clock=clock),
             clock=clock,
             hold=_hold(settings, client, mailer),
             mailer=mailer,
+            metrics=recorder,
             callback_queue=callback_queue,
             callback_poster=_callback_poster(settings, clock),
+            on_final=on_final,
         )
 
     def sender(self) -> Address:

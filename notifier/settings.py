@@ -95,6 +95,11 @@ class Settings(BaseSettings):
     # Seconds a dead letter is kept; 0 = forever (docs/DESIGN.md §10: nothing is
     # evicted unless an operator says so). Removed by notifier.dlq_retention.
     notifier_dlq_retention: float = Field(0.0, ge=0)
+    # Seconds every per-delivery status key lives (notifier/status.py, docs/status.md).
+    notifier_status_ttl: int = Field(604_800, ge=1)
+    # Where Twilio reaches `notifier web` (docs/DESIGN.md §9); unset: no receipts are
+    # requested, and an SMS's `sent` is final.
+    notifier_public_url: str | None = None
     notifier_metrics_port: int = Field(9808, ge=0, le=65535)  # 0 = no metrics endpoint
     notifier_template_dir: Path | None = None
     notifier_log_level: str = "INFO"
@@ -156,6 +161,19 @@ class Settings(BaseSettings):
         if parts.fragment:
             raise ValueError("must not have a #fragment")
         return value
+
+    @field_validator("notifier_public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an http(s) URL such as https://notifier.example.com")
+        if parts.query or parts.fragment:
+            raise ValueError("must not have a query or a fragment")
+        # No trailing slash: paths are appended to it (``/twilio/status``).
+        return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
 
     @field_validator("notifier_rate_limits")
     @classmethod

@@ -82,7 +82,9 @@ ChannelOpt = Annotated[str | None, typer.Option("--channel", help="email, sms or
 TypeOpt = Annotated[str | None, typer.Option("--type", help="Event type, e.g. booking.created.")]
 StatusOpt = Annotated[
     str | None,
-    typer.Option("--status", help="failed, rejected, expired, rate_limited or corrupt."),
+    typer.Option(
+        "--status", help="failed, rejected, expired, rate_limited, undelivered or corrupt."
+    ),
 ]
 ErrorOpt = Annotated[str | None, typer.Option("--error", help="Text the error contains.")]
 SinceOpt = Annotated[
@@ -366,8 +368,15 @@ def _dry_run(entries: Iterable[Entry]) -> None:
             output.line(f"would fail {entry.id}: {CORRUPT_REASON}")
         else:
             replayable += 1
+            # docs/DESIGN.md §10: a second try, under a new delivery id the ledger lets through.
+            resend = (
+                f": sent again as {entry.delivery.delivery_id}:r<n>"
+                if entry.status == "undelivered" and entry.delivery is not None
+                else ""
+            )
             output.line(
-                f"would replay {entry.id} ({entry.status}, {entry.event_type}, {entry.channel})"
+                f"would replay {entry.id} "
+                f"({entry.status}, {entry.event_type}, {entry.channel}){resend}"
             )
     output.line(f"{replayable} would be replayed")
 

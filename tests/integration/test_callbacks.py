@@ -192,6 +192,44 @@ def test_a_final_state_reaches_the_producer_signed(
     assert received.payload == payload_from(final_state()).model_dump(mode="json")
 
 
+def test_an_email_sent_by_the_pipeline_calls_the_producer_back_with_its_final_state(
+    deployment: Deployment, endpoint: CallbackEndpoint, smtp_sink: SmtpSink
+) -> None:
+    deployment.worker(endpoint.url, keys.QUEUES)
+    event = samples.user_registered()
+
+    publish(event, app=deployment.producer(endpoint.url))
+
+    smtp_sink.wait_for(1, timeout=15)
+    (received,) = endpoint.wait_for(1)
+    assert received.signed
+    payload = received.payload
+    assert payload["event_id"] == event["event_id"]
+    assert payload["type"] == "user.registered"
+    assert payload["channel"] == "email"
+    assert payload["template"] == "registration_confirmation"
+    assert payload["state"] == "sent"
+    assert payload["delivery_id"]
+    assert payload["error"] is None
+
+
+def test_a_rejected_event_calls_the_producer_back_with_state_rejected(
+    deployment: Deployment, endpoint: CallbackEndpoint
+) -> None:
+    deployment.worker(endpoint.url, keys.QUEUES)
+    app = deployment.producer(endpoint.url)
+    event = {**samples.user_registered(), "type": "user.unheard_of"}
+
+    app.send_task(keys.HANDLE_EVENT_TASK, args=[event], queue=keys.EVENTS_QUEUE)
+
+    (received,) = endpoint.wait_for(1)
+    assert received.signed
+    assert received.payload["event_id"] == event["event_id"]
+    assert received.payload["state"] == "rejected"
+    assert received.payload["delivery_id"] is None
+    assert "user.unheard_of" in received.payload["error"]
+
+
 def test_an_endpoint_answering_500_is_retried_then_dead_lettered_with_channel_callback(
     deployment: Deployment,
 ) -> None:

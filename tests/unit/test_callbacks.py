@@ -583,3 +583,24 @@ def test_the_runtime_sends_callbacks_only_with_url_and_secret() -> None:
     finally:
         on.close()
         off.close()
+
+
+def test_final_states_are_published_only_with_url_secret_and_a_queue() -> None:
+    configured = make_settings(
+        notifier_callback_url="https://producer.example.com/hooks",
+        notifier_callback_secret=SECRET,
+    )
+    client = fakeredis.FakeRedis()
+    queue = RecordingCallbackQueue()
+    made = [
+        Runtime.from_settings(configured, NoScheduler(), client=client, callback_queue=queue),
+        Runtime.from_settings(configured, NoScheduler(), client=client),
+        Runtime.from_settings(make_settings(), NoScheduler(), client=client, callback_queue=queue),
+    ]
+    try:
+        assert [isinstance(rt.on_final, CallbackPublisher) for rt in made] == [True, False, False]
+        made[0].on_final(SENT)
+        assert [job.payload for job, _, _ in queue.scheduled] == [payload_from(SENT)]
+    finally:
+        for rt in made:
+            rt.close()

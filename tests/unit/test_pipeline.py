@@ -319,7 +319,9 @@ def test_sent_delivery_is_marked_in_the_ledger(world: World) -> None:
 class FullLedger(Ledger):
     """A ledger on a full Redis: claims work, the ``sent`` marker is refused (OOM)."""
 
-    def mark_sent(self, delivery_id: str, receipt: Receipt) -> None:
+    def mark_sent(
+        self, delivery_id: str, receipt: Receipt, riders: Sequence[Any] = ()
+    ) -> tuple[Any, ...]:
         raise redis.exceptions.OutOfMemoryError(
             "command not allowed when used memory > 'maxmemory'."
         )
