@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import inspect
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import fakeredis
@@ -21,6 +24,8 @@ import requests
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
+import celeryconfig
+from notifier import keys
 from notifier.callback_payload import CallbackPayload, payload_from
 from notifier.callbacks import (
     CallbackPoster,
@@ -32,6 +37,7 @@ from notifier.callbacks import (
     sign,
     verify_signature,
 )
+from notifier.cli import worker as worker_command
 from notifier.deadletter import DeadLetter, DeadLetterStore, Filter
 from notifier.errors import ConfigurationError, PublishError, TransientError
 from notifier.jobs import CallbackJob, Job
@@ -604,3 +610,40 @@ def test_final_states_are_published_only_with_url_secret_and_a_queue() -> None:
     finally:
         for rt in made:
             rt.close()
+
+
+# --- the queue ------------------------------------------------------------------------
+
+
+def test_notifier_worker_consumes_the_callbacks_queue_by_default() -> None:
+    default = inspect.signature(worker_command).parameters["queues"].default
+
+    assert keys.CALLBACKS_QUEUE in default.split(",")
+
+
+def test_a_callback_sent_without_a_queue_is_routed_to_the_callbacks_queue() -> None:
+    routes = celeryconfig.build(make_settings())["task_routes"]
+
+    assert routes[keys.CALLBACK_TASK] == {"queue": "notifier.callbacks"}
+
+
+# --- the docs -----------------------------------------------------------------------------
+
+
+def _documented_verify() -> Any:
+    """The stand-alone ``verify`` docs/operations.md gives receivers without notifier."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    (source,) = [block for block in blocks if "def verify(" in block]
+    namespace: dict[str, Any] = {}
+    exec(compile(source, "docs/operations.md", "exec"), namespace)  # our own docs
+    return namespace["verify"]
+
+
+def test_the_documented_standalone_verify_accepts_our_signature_and_refuses_a_stale_one() -> None:
+    verify = _documented_verify()
+    header = sign(SECRET, BODY, 1765100000)
+
+    assert verify(SECRET, header, BODY, 1765100010)
+    assert not verify(SECRET, header, BODY, 1765100000 + 301)
+    assert not verify(SECRET, header, BODY + b" ", 1765100010)
