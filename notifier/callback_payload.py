@@ -18,9 +18,12 @@ __all__ = ["CallbackPayload", "payload_from"]
 _MAX_ID_BYTES = 200
 _MAX_NAME_BYTES = 256
 _MAX_ERROR_BYTES = 1024
-# What a message on the queue may hold (the caps above plus their marks): a
-# forged job cannot make a dead letter larger than the store allows.
-_LIMIT = 2048
+# What a message on the queue may hold, in characters: the caps above plus their
+# marks. A forged job cannot make a dead letter larger than the store allows
+# (70,000 bytes, notifier/deadletter_entries.py): at most 4 × 4,100 bytes here.
+_ID_CHARS = 300
+_NAME_CHARS = 400
+_ERROR_CHARS = 1100
 
 
 class CallbackPayload(BaseModel):
@@ -28,16 +31,16 @@ class CallbackPayload(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    event_id: str = Field(max_length=_LIMIT)
-    delivery_id: str | None = Field(max_length=_LIMIT)
+    event_id: str = Field(max_length=_ID_CHARS)
+    delivery_id: str | None = Field(max_length=_ID_CHARS)
     """None for a rejected event."""
-    type: str | None = Field(max_length=_LIMIT)
-    channel: str | None = Field(max_length=_LIMIT)
-    template: str | None = Field(max_length=_LIMIT)
-    state: str = Field(max_length=_LIMIT)
-    provider_id: str | None = Field(max_length=_LIMIT)
-    error: str | None = Field(max_length=_LIMIT)
-    at: str = Field(max_length=_LIMIT)
+    type: str | None = Field(max_length=_NAME_CHARS)
+    channel: str | None = Field(max_length=_NAME_CHARS)
+    template: str | None = Field(max_length=_NAME_CHARS)
+    state: str = Field(max_length=_NAME_CHARS)
+    provider_id: str | None = Field(max_length=_NAME_CHARS)
+    error: str | None = Field(max_length=_ERROR_CHARS)
+    at: str = Field(max_length=_NAME_CHARS)
 
 
 def _cut(text: str | None, max_bytes: int) -> str | None:

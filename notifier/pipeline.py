@@ -22,7 +22,7 @@ from typing import Any, Literal
 import redis
 from pydantic import ValidationError
 
-from notifier import budget, keys
+from notifier import budget, callbacks, keys
 from notifier.channels import Receipt
 from notifier.channels.sms import segments
 from notifier.compose import compose_email, compose_sms
@@ -629,9 +629,9 @@ def task_failed(
         except ValidationError:
             pass
         else:
-            record = AttemptRecord(attempt=callback.attempt, at=iso_utc(rt.clock()), error=error)
+            failed = callbacks.with_attempt(callback, exc, rt.clock())
             entry = rt.dead_letters.add_callback(
-                callback.payload, error=error, history=[*callback.history, record][-20:]
+                callback.payload, error=error, history=failed.history
             )
             rt.metrics.record_callback("dead")
             get_logger().error("task.failed", task=task_name, error=error, dead_letter_id=entry.id)
@@ -777,7 +777,8 @@ def _replay_callback(entry: DeadLetter, rt: Runtime) -> str:
     queue = rt.callback_queue
     if entry.callback is None or queue is None:
         raise PermanentError("nothing to replay: no callback, or no queue to put it on")
-    queue.schedule_callback(CallbackJob(payload=entry.callback, history=entry.history[-20:]), 0)
+    # The store keeps at most 20 records (the first and the last 19): a job may hold 50.
+    queue.schedule_callback(CallbackJob(payload=entry.callback, history=entry.history), 0)
     return f"re-enqueued on {keys.CALLBACKS_QUEUE}"
 
 

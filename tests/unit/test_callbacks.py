@@ -427,6 +427,17 @@ def test_a_malformed_callback_job_is_rejected_and_kept(world: World) -> None:
     assert world.sender.posted == []
 
 
+def test_a_forged_callback_job_with_an_oversize_field_is_rejected_not_sent(world: World) -> None:
+    forged = job()
+    forged["payload"]["error"] = "x" * 1_000_000
+
+    assert run(forged, world.rt) == "rejected"
+
+    (entry,) = world.dead_letters
+    assert entry.status == "rejected"
+    assert world.sender.posted == []
+
+
 def test_with_callbacks_off_a_job_is_dead_lettered_at_once(world: World) -> None:
     rt = dataclasses.replace(world.rt, callback_poster=None)
 
