@@ -1,7 +1,8 @@
 """notifier: Celery workers that turn booking-platform events into emails and SMS.
 
 The public surface for producers is here: ``publish``/``publish_many``, the
-event models, and the errors they raise. Everything else is internal.
+event models, the errors they raise, and ``status(event_id)`` (what became of an
+event's deliveries). Everything else is internal.
 """
 
 from __future__ import annotations
@@ -52,6 +53,11 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:
+    if name == "status":
+        # notifier/status.py is callable: notifier.status(event_id) (docs/DESIGN.md §9).
+        import importlib
+
+        return importlib.import_module("notifier.status")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'notifier' has no attribute {name!r}")
@@ -81,6 +87,7 @@ __all__ = [
     "prepare",
     "publish",
     "publish_many",
+    "status",
 ]
 
 __version__ = "0.1.0"

@@ -47,7 +47,7 @@ from notifier.logs import get_logger
 from notifier.planner import Delivery, plan, sms_fallback
 from notifier.runtime import Runtime
 from notifier.script_calls import ScriptCall
-from notifier.status import DeliveryState, FinalState, ignore_final
+from notifier.status import DeliveryState, FinalState, clean_detail, ignore_final
 from notifier.timestamps import iso_utc
 
 __all__ = [
@@ -163,7 +163,7 @@ def _final(
             template=delivery.template,
             state=state,
             provider_id=provider_id,
-            error=error,
+            error=None if error is None else clean_detail(error),
             at=rt.status.now(),
         )
     )
@@ -270,7 +270,7 @@ def reject(raw: object, errors: list[str], rt: Runtime) -> None:
                 template=None,
                 state="rejected",
                 provider_id=None,
-                error="; ".join(errors),
+                error=clean_detail("; ".join(errors)),
                 at=rt.status.now(),
             )
         )
@@ -363,6 +363,8 @@ def run_job(
     deadline = _deadline(delivery, rt)
     if deadline is not None and deadline.expired():
         error = f"DeadlineExpired: not sent: its deadline {delivery.not_after} has passed"
+        if accept is not None:
+            accept.flush()  # `queued` before `expired`, in the order they happened
         return _dead(job, rt, error, status="expired", record=False)
 
     riders = accept.take() if accept is not None else ()
@@ -600,7 +602,13 @@ def _dead(job: Job, rt: Runtime, error: str, *, status: Status, record: bool = T
         detail=error,
         attempts=job.attempt if record else None,
         dead_letter_id=entry.id,
-        also=[rt.status.transition_call(fallback, "queued")] if fallback else (),
+        also=[
+            rt.status.transition_call(
+                fallback, "queued", detail=f"fallback for {job.delivery.delivery_id}"
+            )
+        ]
+        if fallback
+        else (),
     )
     _alert_if_crowded(rt)
     if fallback is not None:

@@ -32,6 +32,8 @@ final state wins. Every write happens in one Lua call, so concurrent writers
 from __future__ import annotations
 
 import json
+import sys
+import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -147,7 +149,7 @@ class FinalState:
 class FinalStateSink(Protocol):
     """Told once about each delivery (or rejected event) reaching a final state."""
 
-    def __call__(self, final: FinalState) -> None:
+    def __call__(self, final: FinalState, /) -> None:
         """Act on it (the callbacks' seam: ``Runtime.on_final``)."""
 
 
@@ -614,3 +616,20 @@ def _event(
         dead_letter_id=fields.get("dead_letter_id") or None,
         deliveries=[delivery for delivery, _ in deliveries],
     )
+
+
+class _StatusModule(types.ModuleType):
+    """This module, callable: ``notifier.status(event_id)`` (docs/DESIGN.md §9).
+
+    The contract's function and this module share a name, and importing a
+    submodule sets it on its package (``notifier.status`` becomes the module), so
+    the module itself answers the call (``notifier.status_lookup``).
+    """
+
+    def __call__(self, event_id: str) -> EventStatus | None:
+        from notifier.status_lookup import status
+
+        return status(event_id)
+
+
+sys.modules[__name__].__class__ = _StatusModule

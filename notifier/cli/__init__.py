@@ -1,7 +1,7 @@
 """The ``notifier`` command line (typer): demo, worker, publish, preview, schema.
 
-Sub-command groups live beside this module: ``dlq`` (dead letters) and
-``ops`` (health, stats).
+Sub-command groups live beside this module: ``dlq`` (dead letters),
+``ops`` (health, stats) and ``trace`` (per-delivery status).
 """
 
 from __future__ import annotations
@@ -195,11 +195,12 @@ def main() -> None:
 
 
 def _register_groups() -> None:
-    from notifier.cli import dlq, ops
+    from notifier.cli import dlq, ops, trace
 
     app.add_typer(dlq.app, name="dlq")
     app.command()(ops.health)
     app.command()(ops.stats)
+    app.command()(trace.trace)
 
 
 _register_groups()

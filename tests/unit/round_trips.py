@@ -31,7 +31,7 @@ class CountingPipeline(Pipeline):
     def immediate_execute_command(self, *args: Any, **options: Any) -> Any:
         self.counter.round_trips += 1
         self.counter.commands.append(str(args[0]))
-        return super().immediate_execute_command(*args, **options)
+        return super().immediate_execute_command(*args, **options)  # type: ignore[no-untyped-call]
 
 
 class CountingRedis(fakeredis.FakeRedis):
@@ -45,7 +45,7 @@ class CountingRedis(fakeredis.FakeRedis):
     def execute_command(self, *args: Any, **options: Any) -> Any:
         self.round_trips += 1
         self.commands.append(str(args[0]))
-        return super().execute_command(*args, **options)
+        return super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
 
     def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Pipeline:
         pipe = CountingPipeline(
@@ -54,7 +54,7 @@ class CountingRedis(fakeredis.FakeRedis):
         pipe.counter = self
         return pipe
 
-    def reset(self) -> None:
+    def restart(self) -> None:
         """Start counting again (after a warm-up that loaded the scripts)."""
         self.round_trips = 0
         self.commands = []
