@@ -7,6 +7,8 @@ All keys start with ``notifier:``; the Celery queues are named ``notifier.*``
 from __future__ import annotations
 
 __all__ = [
+    "CALLBACKS_QUEUE",
+    "CALLBACK_TASK",
     "DELIVER_TASK",
     "DLQ_BY_PREFIX",
     "DLQ_COUNTS",
@@ -48,11 +50,15 @@ PREFIX = "notifier:"
 EVENTS_QUEUE = "notifier.events"
 EMAIL_QUEUE = "notifier.email"
 SMS_QUEUE = "notifier.sms"
-QUEUES = (EVENTS_QUEUE, EMAIL_QUEUE, SMS_QUEUE)
+# Callbacks to the producer (docs/DESIGN.md §9, §10): a queue of their own, so a
+# slow endpoint never holds up a send.
+CALLBACKS_QUEUE = "notifier.callbacks"
+QUEUES = (EVENTS_QUEUE, EMAIL_QUEUE, SMS_QUEUE, CALLBACKS_QUEUE)
 
 # Celery task names: the public contract (docs/DESIGN.md §1).
 HANDLE_EVENT_TASK = "notifier.handle_event"
 DELIVER_TASK = "notifier.deliver"
+CALLBACK_TASK = "notifier.callback"
 
 
 def ledger(delivery_id: str) -> str:

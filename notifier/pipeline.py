@@ -22,7 +22,7 @@ from typing import Any, Literal
 import redis
 from pydantic import ValidationError
 
-from notifier import budget, keys
+from notifier import budget, callbacks, keys
 from notifier.channels import Receipt
 from notifier.channels.sms import segments
 from notifier.compose import compose_email, compose_sms
@@ -41,7 +41,7 @@ from notifier.errors import (
 )
 from notifier.events import Event, json_type, parse_event
 from notifier.hold import OutageHold
-from notifier.jobs import Job
+from notifier.jobs import CallbackJob, Job
 from notifier.ledger import ClaimState
 from notifier.logs import get_logger
 from notifier.planner import Delivery, plan, sms_fallback
@@ -631,6 +631,20 @@ def task_failed(
     else (an event) is kept whole, status ``failed``, for replay.
     """
     error = _error_text(exc)
+    if task_name == keys.CALLBACK_TASK and len(args) == 1 and not kwargs:
+        try:
+            callback = CallbackJob.model_validate(args[0])
+        except ValidationError:
+            pass
+        else:
+            failed = callbacks.with_attempt(callback, exc, rt.clock())
+            entry = rt.dead_letters.add_callback(
+                callback.payload, error=error, history=failed.history
+            )
+            rt.metrics.record_callback("dead")
+            get_logger().error("task.failed", task=task_name, error=error, dead_letter_id=entry.id)
+            _alert_if_crowded(rt)
+            return
     if task_name == keys.DELIVER_TASK and len(args) == 1 and not kwargs:
         try:
             job = Job.model_validate(args[0])
@@ -695,6 +709,8 @@ def replay(entry: DeadLetter, rt: Runtime) -> str:
     A rejected event is published again to ``notifier.handle_event``, for
     when the cause was fixed on our side (e.g. a newer worker).
     """
+    if entry.callback is not None:
+        return _replay_callback(entry, rt)
     if entry.delivery is not None:
         delivery = _replayed_delivery(entry, rt)
         # The operator's call: this delivery may go past the per-recipient limits, once.
@@ -722,7 +738,13 @@ def replay_many(entries: Sequence[DeadLetter], rt: Runtime) -> list[str | Notifi
     deliveries: list[tuple[int, Delivery]] = []
     events: list[tuple[int, dict[str, Any]]] = []
     for i, entry in enumerate(entries):
-        if entry.delivery is None:
+        if entry.callback is not None:
+            # Few, and on their own queue: one publish each.
+            try:
+                outcomes[i] = _replay_callback(entry, rt)
+            except NotifierError as exc:
+                outcomes[i] = exc
+        elif entry.delivery is None:
             try:
                 events.append((i, _replayable_event(entry)))
             except PermanentError as exc:
@@ -754,6 +776,19 @@ def replay_many(entries: Sequence[DeadLetter], rt: Runtime) -> list[str | Notifi
     for i, _ in events:
         outcomes[i] = "re-published to notifier.handle_event"
     return outcomes
+
+
+def _replay_callback(entry: DeadLetter, rt: Runtime) -> str:
+    """Put a dead-lettered callback back on ``notifier.callbacks``, attempts afresh.
+
+    Its history goes with it, as a replayed delivery's does (docs/DESIGN.md §10).
+    """
+    queue = rt.callback_queue
+    if entry.callback is None or queue is None:
+        raise PermanentError("nothing to replay: no callback, or no queue to put it on")
+    # The store keeps at most 20 records (the first and the last 19): a job may hold 50.
+    queue.schedule_callback(CallbackJob(payload=entry.callback, history=entry.history), 0)
+    return f"re-enqueued on {keys.CALLBACKS_QUEUE}"
 
 
 def _replayed_delivery(entry: DeadLetter, rt: Runtime) -> Delivery:
