@@ -15,11 +15,13 @@ __all__ = [
     "DLQ_RETENTION_LOCK",
     "EMAIL_QUEUE",
     "EVENTS_QUEUE",
+    "HANDLE_EVENTS_TASK",
     "HANDLE_EVENT_TASK",
     "HOLD_DEADLINES",
     "HOLD_JOBS",
     "HOLD_LOCK",
     "HOLD_SINCE",
+    "MAX_BATCH_EVENTS",
     "PREFIX",
     "QUEUES",
     "REPLAY_GRANT_TTL",
@@ -48,6 +50,10 @@ QUEUES = (EVENTS_QUEUE, EMAIL_QUEUE, SMS_QUEUE)
 # Celery task names: the public contract (docs/DESIGN.md §1).
 HANDLE_EVENT_TASK = "notifier.handle_event"
 DELIVER_TASK = "notifier.deliver"
+HANDLE_EVENTS_TASK = "notifier.handle_events"
+"""The bulk path: one positional argument, a JSON array of events (docs/DESIGN.md §10)."""
+MAX_BATCH_EVENTS = 100
+"""The most events one ``notifier.handle_events`` message may carry."""
 
 
 def ledger(delivery_id: str) -> str:
