@@ -149,6 +149,7 @@ def build(settings: Settings) -> dict[str, Any]:
             keys.HANDLE_EVENT_TASK: {"queue": keys.EVENTS_QUEUE},
             # Never with the sends: a slow endpoint must not hold up an email (DESIGN §10).
             keys.CALLBACK_TASK: {"queue": keys.CALLBACKS_QUEUE},
+            keys.HANDLE_EVENTS_TASK: {"queue": keys.EVENTS_QUEUE},
         },
         # Ack after the work is done, so a crash mid-delivery redelivers it;
         # the idempotency ledger makes the redelivery safe.

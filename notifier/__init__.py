@@ -18,7 +18,7 @@ from notifier.errors import (
 )
 
 if TYPE_CHECKING:
-    from notifier.client import prepare, publish, publish_many
+    from notifier.client import prepare, publish, publish_batch, publish_many
     from notifier.events import (
         BookingCancelled,
         BookingCreated,
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 _LAZY = {
     "prepare": "notifier.client",
     "publish": "notifier.client",
+    "publish_batch": "notifier.client",
     "publish_many": "notifier.client",
     "BookingCancelled": "notifier.events",
     "BookingCreated": "notifier.events",
@@ -90,6 +91,7 @@ __all__ = [
     "parse_event",
     "prepare",
     "publish",
+    "publish_batch",
     "publish_many",
     "status",
 ]

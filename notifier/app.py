@@ -36,7 +36,7 @@ from kombu.exceptions import OperationalError
 from vine import promise
 
 import celeryconfig
-from notifier import callbacks, dlq_retention, keys, metrics, outage, pipeline
+from notifier import batch, callbacks, dlq_retention, keys, metrics, outage, pipeline
 from notifier.errors import NotifierError, PublishError
 from notifier.jobs import CallbackJob, Job
 from notifier.logs import configure_logging, get_logger, route_stdlib_logging
@@ -233,7 +233,8 @@ class NotifierConsumer(Consumer):
         self._reject(
             message,
             f"unknown task {str(name)[:200]!r}: notifier runs "
-            f"{keys.HANDLE_EVENT_TASK!r}, {keys.DELIVER_TASK!r} and {keys.CALLBACK_TASK!r}",
+            f"{keys.HANDLE_EVENT_TASK!r}, {keys.HANDLE_EVENTS_TASK!r}, {keys.DELIVER_TASK!r} "
+            f"and {keys.CALLBACK_TASK!r}",
         )
 
     def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
@@ -378,6 +379,22 @@ def create_app(settings: Settings) -> NotifierCelery:
             pipeline.reject({"args": list(args), "kwargs": kwargs}, [problem], app.runtime)
             return
         pipeline.handle_event(args[0], app.runtime, started=started)
+
+    @app.task(name=keys.HANDLE_EVENTS_TASK, shared=False, bind=True, base=NotifierTask)
+    def handle_events(self: NotifierTask, *args: Any, **kwargs: Any) -> None:
+        """The bulk path: up to 100 events in one message, each handled as on its own."""
+        started = app.runtime.monotonic()  # the task's time limits count from here
+        if self.poisoned(args):
+            return
+        if len(args) != 1 or kwargs:
+            problem = (
+                "notifier.handle_events takes exactly one positional argument, a JSON "
+                f"array of events; got {len(args)} positional and keyword arguments "
+                f"{sorted(kwargs)}"
+            )
+            pipeline.reject({"args": list(args), "kwargs": kwargs}, [problem], app.runtime)
+            return
+        batch.handle_events(args[0], app.runtime, started=started)
 
     @app.task(name=keys.DELIVER_TASK, shared=False, bind=True, base=NotifierTask)
     def deliver(self: NotifierTask, job: object) -> None:

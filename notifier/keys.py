@@ -17,11 +17,13 @@ __all__ = [
     "DLQ_RETENTION_LOCK",
     "EMAIL_QUEUE",
     "EVENTS_QUEUE",
+    "HANDLE_EVENTS_TASK",
     "HANDLE_EVENT_TASK",
     "HOLD_DEADLINES",
     "HOLD_JOBS",
     "HOLD_LOCK",
     "HOLD_SINCE",
+    "MAX_BATCH_EVENTS",
     "PREFIX",
     "QUEUES",
     "REPLAY_GRANT_TTL",
@@ -59,6 +61,10 @@ QUEUES = (EVENTS_QUEUE, EMAIL_QUEUE, SMS_QUEUE, CALLBACKS_QUEUE)
 HANDLE_EVENT_TASK = "notifier.handle_event"
 DELIVER_TASK = "notifier.deliver"
 CALLBACK_TASK = "notifier.callback"
+HANDLE_EVENTS_TASK = "notifier.handle_events"
+"""The bulk path: one positional argument, a JSON array of events (docs/DESIGN.md §10)."""
+MAX_BATCH_EVENTS = 100
+"""The most events one ``notifier.handle_events`` message may carry."""
 
 
 def ledger(delivery_id: str) -> str:

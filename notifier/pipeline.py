@@ -645,6 +645,12 @@ def task_failed(
             get_logger().error("task.failed", task=task_name, error=error, dead_letter_id=entry.id)
             _alert_if_crowded(rt)
             return
+    if task_name == keys.HANDLE_EVENTS_TASK and len(args) == 1 and isinstance(args[0], list):
+        # A batch is kept as one dead letter per event, each replayable on its
+        # own; the ledger stops whichever of them was sent before the failure.
+        for item in args[0]:
+            task_failed(keys.HANDLE_EVENT_TASK, (item,), {}, exc, rt)
+        return
     if task_name == keys.DELIVER_TASK and len(args) == 1 and not kwargs:
         try:
             job = Job.model_validate(args[0])
