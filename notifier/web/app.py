@@ -18,6 +18,7 @@ from fastapi import Depends, FastAPI, HTTPException, Path, Request, Response, st
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from notifier.errors import PublishError
 from notifier.health import Check
 from notifier.logs import get_logger
 from notifier.receipts import TwilioReceipt
@@ -78,6 +79,13 @@ def create_app(parts: WebParts) -> FastAPI:
     async def redis_down(_: Request, exc: redis.RedisError) -> JSONResponse:
         get_logger().error("web.redis_error", error=f"{type(exc).__name__}: {exc}")
         return JSONResponse({"detail": "Redis unavailable"}, status.HTTP_503_SERVICE_UNAVAILABLE)
+
+    @app.exception_handler(PublishError)
+    async def not_now(_: Request, exc: PublishError) -> JSONResponse:
+        # A receipt's follow-up the broker refused (PublishError): a 5xx, so a
+        # retried callback can take it up again (notifier/receipts.py).
+        get_logger().error("web.request_failed", error=f"{type(exc).__name__}: {exc}")
+        return JSONResponse({"detail": "try again later"}, status.HTTP_503_SERVICE_UNAVAILABLE)
 
     authorized = Depends(require_api_key(parts.settings.notifier_api_key))
 

@@ -9,6 +9,7 @@ or a query string.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -82,6 +83,10 @@ def serve(settings: Settings) -> None:
 
 def uvicorn_config(app: ASGIApp, host: str, port: int) -> uvicorn.Config:
     """uvicorn's settings for our app: our logging, no access log, no lifespan."""
+    # Off for good, not only handler-less: uvicorn logs the request line (query
+    # string included) whenever the logger has a handler anywhere, and a handler
+    # can be added later (pytest's log capture adds one to every quiet logger).
+    logging.getLogger("uvicorn.access").disabled = True
     return uvicorn.Config(
         app,
         host=host,
