@@ -363,6 +363,8 @@ def run_job(
     deadline = _deadline(delivery, rt)
     if deadline is not None and deadline.expired():
         error = f"DeadlineExpired: not sent: its deadline {delivery.not_after} has passed"
+        if accept is not None:
+            accept.flush()  # `queued` before `expired`, in the order they happened
         return _dead(job, rt, error, status="expired", record=False)
 
     riders = accept.take() if accept is not None else ()
