@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import requests
 from pydantic import SecretStr
+from twilio.request_validator import RequestValidator
 
 from notifier.app import NotifierCelery
 from notifier.client import publish
@@ -127,4 +128,22 @@ def test_a_good_number_ends_delivered(
     twilio.wait_for_callbacks(2, timeout=30)
     final = reaching(web, event["event_id"], fan_sms.delivery_id, "delivered")
     assert [entry["state"] for entry in final["timeline"]][-1] == "delivered"
+    assert dead_letters.count() == 0
+
+
+def test_healthz_is_ok_with_redis_up(web: str) -> None:
+    answer = requests.get(f"{web}/healthz", timeout=5)
+    assert (answer.status_code, answer.json()) == (200, {"status": "ok"})
+
+
+def test_a_signed_receipt_for_an_unknown_sid_is_200_and_changes_nothing(
+    web: str, settings: Settings, twilio: TwilioStandIn, dead_letters: DeadLetterStore
+) -> None:
+    fields = {"MessageSid": "SM" + "e" * 32, "MessageStatus": "undelivered", "ErrorCode": "30003"}
+    url = f"{settings.notifier_public_url}/twilio/status"
+    signature = RequestValidator(twilio.auth_token).compute_signature(url, fields)
+    answer = requests.post(
+        f"{web}/twilio/status", data=fields, headers={"X-Twilio-Signature": signature}, timeout=5
+    )
+    assert answer.status_code == 200
     assert dead_letters.count() == 0
