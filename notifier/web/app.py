@@ -62,6 +62,26 @@ def _detail(description: str) -> dict[str, Any]:
     }
 
 
+# Documented only: the handler reads the raw body itself, since the signature
+# covers every field as sent (notifier/web/twilio_callback.py).
+_TWILIO_FORM: dict[str, Any] = {
+    "required": True,
+    "content": {
+        "application/x-www-form-urlencoded": {
+            "schema": {
+                "type": "object",
+                "required": ["MessageSid", "MessageStatus"],
+                "properties": {
+                    "MessageSid": {"type": "string", "pattern": "^[SM]M[0-9a-fA-F]{32}$"},
+                    "MessageStatus": {"type": "string"},
+                    "ErrorCode": {"type": "string"},
+                },
+            }
+        }
+    },
+}
+
+
 def create_app(parts: WebParts) -> FastAPI:
     """The ASGI application for these parts."""
     app = FastAPI(
@@ -123,6 +143,7 @@ def create_app(parts: WebParts) -> FastAPI:
 
     @app.post(
         "/twilio/status",
+        openapi_extra={"requestBody": _TWILIO_FORM},
         responses={
             200: {"description": "Taken (an unknown MessageSid too)"},
             400: {"description": "Not a status callback"},
