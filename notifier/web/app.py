@@ -21,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from notifier.errors import PublishError
 from notifier.health import Check
 from notifier.logs import get_logger
-from notifier.receipts import TwilioReceipt
+from notifier.receipts import TWILIO_STATUSES, TwilioReceipt
 from notifier.settings import Settings
 from notifier.status import EventStatus
 from notifier.web.access import AccessLog
@@ -73,8 +73,8 @@ _TWILIO_FORM: dict[str, Any] = {
                 "required": ["MessageSid", "MessageStatus"],
                 "properties": {
                     "MessageSid": {"type": "string", "pattern": "^[SM]M[0-9a-fA-F]{32}$"},
-                    "MessageStatus": {"type": "string"},
-                    "ErrorCode": {"type": "string"},
+                    "MessageStatus": {"type": "string", "enum": list(TWILIO_STATUSES)},
+                    "ErrorCode": {"type": "string", "pattern": "^[0-9]{1,9}$"},
                 },
             }
         }
