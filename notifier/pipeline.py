@@ -718,9 +718,8 @@ def replay_many(entries: Sequence[DeadLetter], rt: Runtime) -> list[str | Notifi
     the store): the ledger stops whichever job was sent after all.
     """
     outcomes: list[str | NotifierError] = ["" for _ in entries]
-    deliveries = [
-        (i, _replayed_delivery(e, rt)) for i, e in enumerate(entries) if e.delivery is not None
-    ]
+    with_delivery = [i for i, e in enumerate(entries) if e.delivery is not None]
+    deliveries: list[tuple[int, Delivery]] = []
     events: list[tuple[int, dict[str, Any]]] = []
     for i, entry in enumerate(entries):
         if entry.delivery is None:
@@ -729,6 +728,8 @@ def replay_many(entries: Sequence[DeadLetter], rt: Runtime) -> list[str | Notifi
             except PermanentError as exc:
                 outcomes[i] = exc
     try:
+        # An undelivered SMS goes again under a new id (two writes each: rare).
+        deliveries = [(i, _replayed_delivery(entries[i], rt)) for i in with_delivery]
         grants = rt.recipient_limits.grant_many([d.delivery_id for _, d in deliveries])
         jobs = [
             Job(delivery=delivery, history=entries[i].history, replay_grant=grant)
@@ -741,7 +742,7 @@ def replay_many(entries: Sequence[DeadLetter], rt: Runtime) -> list[str | Notifi
             if isinstance(exc, NotifierError)
             else PublishError(f"grants not written: {type(exc).__name__}: {exc}")
         )
-        for i in [i for i, _ in deliveries] + [i for i, _ in events]:
+        for i in with_delivery + [i for i, _ in events]:
             outcomes[i] = error
         return outcomes
     for i, delivery in deliveries:
