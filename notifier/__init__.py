@@ -32,6 +32,10 @@ if TYPE_CHECKING:
         parse_event,
     )
 
+    # For type checkers: at run time notifier.status is the callable module
+    # notifier/status.py, which answers with this function.
+    from notifier.status_lookup import status as status
+
 # Imported on first use (PEP 562): the client pulls in Celery and kombu, and the
 # events pydantic, which the ``notifier`` command mostly does not need; its
 # start-up is part of every ``dlq`` command's time (issue 16).
