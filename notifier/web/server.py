@@ -1,9 +1,9 @@
 """Serving the web app with uvicorn: the bind check, the process, and a thread for tests/demo.
 
-uvicorn's own logging is off (``log_config=None``, no access log): its
-records go through ``notifier.logs`` like every other library's, and the
-access log is ours (``notifier.web.access``), which never prints a header
-or a query string.
+uvicorn configures no logging of its own (``log_config=None``) and its access
+log is off: its records go through ``notifier.logs`` like every other
+library's, and the access log is ours (``notifier.web.access``), which never
+prints a header or a query string.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from notifier.errors import ConfigurationError
-from notifier.health import Check, check_redis, describe_redis_url
+from notifier.health import CHECK_TIMEOUT, Check, check_redis, describe_redis_url
 from notifier.receipts import TwilioReceipt, apply_receipt
+from notifier.redis_clients import quick_redis
 from notifier.runtime import Runtime
 from notifier.settings import Settings
 from notifier.web.app import WebParts, create_app
@@ -58,14 +59,22 @@ def production_parts(settings: Settings) -> tuple[WebParts, Callable[[], None]]:
 
     app = celery_app(settings)
     rt: Runtime = app.runtime
-    where = describe_redis_url(settings.redis_url, settings.notifier_redis_master_name)
+    master = settings.notifier_redis_master_name
+    where = describe_redis_url(settings.redis_url, master)
+    # Its own client for /healthz, failing fast as `notifier health`'s does: the
+    # runtime's retries ride out a Redis restart, longer than a probe may wait.
+    probe = quick_redis(settings.redis_url, timeout=CHECK_TIMEOUT, master_name=master)
 
     def health() -> list[Check]:
-        return [check_redis(rt.redis, where)]
+        return [check_redis(probe, where)]
+
+    def close() -> None:
+        probe.close()
+        app.close_runtime()
 
     receipts: Callable[[TwilioReceipt], object] = partial(apply_receipt, rt=rt)
     parts = WebParts(settings=settings, status=rt.status, health=health, apply_receipt=receipts)
-    return parts, app.close_runtime
+    return parts, close
 
 
 def serve(settings: Settings) -> None:
