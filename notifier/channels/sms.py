@@ -97,6 +97,9 @@ class SmsChannel:
                 "SMS needs TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN and TWILIO_PHONE_NUMBER"
             )
         self.sender = sender
+        # With NOTIFIER_PUBLIC_URL set, every SMS asks Twilio for delivery receipts
+        # at /twilio/status (docs/DESIGN.md §9); unset, none is asked for and `sent` is final.
+        self.status_callback = settings.twilio_status_callback_url
         self.client = Client(
             sid,
             token.get_secret_value(),
@@ -109,8 +112,9 @@ class SmsChannel:
         """Hand one SMS to Twilio before ``deadline``; raise Transient/PermanentError on failure."""
         token = _SEND_DEADLINE.set(deadline)
         try:
+            receipts = {"status_callback": self.status_callback} if self.status_callback else {}
             created = self.client.messages.create(
-                to=message.to, from_=self.sender, body=message.body
+                to=message.to, from_=self.sender, body=message.body, **receipts
             )
         except ProviderError as exc:
             if isinstance(exc, requests.ConnectTimeout) and deadline and deadline.expired():

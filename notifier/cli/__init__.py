@@ -1,7 +1,7 @@
 """The ``notifier`` command line (typer): demo, worker, publish, preview, schema.
 
 Sub-command groups live beside this module: ``dlq`` (dead letters),
-``ops`` (health, stats) and ``trace`` (per-delivery status).
+``ops`` (health, stats), ``trace`` (per-delivery status) and ``web`` (the web process).
 """
 
 from __future__ import annotations
@@ -195,12 +195,13 @@ def main() -> None:
 
 
 def _register_groups() -> None:
-    from notifier.cli import dlq, ops, trace
+    from notifier.cli import dlq, ops, trace, web
 
     app.add_typer(dlq.app, name="dlq")
     app.command()(ops.health)
     app.command()(ops.stats)
     app.command()(trace.trace)
+    app.command()(web.web)
 
 
 _register_groups()

@@ -1,6 +1,7 @@
 """A local HTTP server answering the Twilio Messages API as Twilio does.
 
-Standard library only: it needs no extra.
+Standard library and the ``twilio`` package (its ``RequestValidator`` signs
+status callbacks): it needs no extra.
 """
 
 from __future__ import annotations
@@ -12,24 +13,35 @@ import email.utils
 import json
 import logging
 import pathlib
+import queue
 import re
 import secrets
 import socket
 import threading
 import time
+import urllib.error
 import urllib.parse
+import urllib.request
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, cast
 
+from twilio.request_validator import RequestValidator
+
 from notifier.channels.sms import segments
 from notifier.testing.atomic_write import write_atomically
 from notifier.testing.ports import free_port
 from notifier.testing.recorder import Recorder, check_failure_code
 
-__all__ = ["TWILIO_TEST_ACCOUNT_SID", "TWILIO_TEST_AUTH_TOKEN", "ReceivedSms", "TwilioStandIn"]
+__all__ = [
+    "TWILIO_TEST_ACCOUNT_SID",
+    "TWILIO_TEST_AUTH_TOKEN",
+    "ReceivedSms",
+    "SentCallback",
+    "TwilioStandIn",
+]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +65,18 @@ class ReceivedSms:
     body: str
     path: pathlib.Path | None = None
     """Where the Message resource was written when the stand-in has a ``json_dir``."""
+    status_callback: str | None = None
+    """The ``StatusCallback`` URL the message was created with, if any."""
+
+
+@dataclass(frozen=True)
+class SentCallback:
+    """One status callback the stand-in POSTed, and the HTTP status it got (0: no answer)."""
+
+    sid: str
+    status: str
+    error_code: int | None
+    answer: int
 
 
 def _twilio_error(status: int, code: int, message: str) -> dict[str, Any]:
@@ -122,6 +146,17 @@ class TwilioStandIn(Recorder[ReceivedSms]):
     ``twilio`` client raises ``TwilioRestException`` with ``.status`` and
     ``.code``.
 
+    A message created with ``StatusCallback`` gets Twilio's status callbacks:
+    form-encoded POSTs to that URL signed as Twilio signs them
+    (``X-Twilio-Signature``: ``RequestValidator(auth_token).compute_signature(url,
+    fields)``), ``sent`` then ``delivered``; for a number passed to
+    :meth:`undeliverable`, ``sent`` then ``undelivered`` with its ``ErrorCode``
+    (optionally ``failed`` and a repeated ``undelivered`` too). They go out in
+    order from one thread of their own, ``callback_delay`` seconds apart (0.2 by
+    default: Twilio's come after its API reply, and the sender records the SID
+    in between), never holding up message creation; :attr:`callbacks` and
+    :meth:`wait_for_callbacks` show what went out and what it was answered.
+
     With ``json_dir`` every accepted SMS is also written there as
     ``<n>-<sid>.json`` (the Message resource returned; ``n`` counts from 1
     for the life of the stand-in) and :attr:`ReceivedSms.path` points at it.
@@ -151,15 +186,17 @@ class TwilioStandIn(Recorder[ReceivedSms]):
         port: int | None = None,
         json_dir: pathlib.Path | None = None,
         delay: float = 0.0,
+        callback_delay: float = 0.2,
     ) -> None:
-        if delay < 0:
-            raise ValueError("delay must not be negative")
+        if delay < 0 or callback_delay < 0:
+            raise ValueError("delays must not be negative")
         self._account_sid = account_sid
         self._auth_token = auth_token
         self._host = host
         self._port = port if port is not None else free_port(host)
         self._json_dir = json_dir
         self._delay = delay
+        self._callback_delay = callback_delay
 
         super().__init__()
         self._failures: collections.deque[tuple[int, int, str]] = collections.deque()
@@ -167,6 +204,12 @@ class TwilioStandIn(Recorder[ReceivedSms]):
         self._sequence = 0
         self._server: _TwilioHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        # Status callbacks go out from one thread of their own, in order, never
+        # from the request thread: creating a message never waits for them.
+        self._undeliverable: dict[str, tuple[int, bool]] = {}
+        self._outbox: queue.Queue[tuple[str, dict[str, str]] | None] = queue.Queue()
+        self._callbacks: list[SentCallback] = []
+        self._caller: threading.Thread | None = None
 
     # -- lifecycle
 
@@ -205,18 +248,25 @@ class TwilioStandIn(Recorder[ReceivedSms]):
             daemon=True,
         )
         thread.start()
-        self._server, self._thread = server, thread
+        caller = threading.Thread(
+            target=self._call_back, name=f"twilio-stand-in-callbacks-{self._port}", daemon=True
+        )
+        caller.start()
+        self._server, self._thread, self._caller = server, thread, caller
 
     def stop(self) -> None:
-        """Stop serving and close the port; a no-op when stopped."""
-        server, thread = self._server, self._thread
+        """Stop serving and close the port; a no-op when stopped (queued callbacks are dropped)."""
+        server, thread, caller = self._server, self._thread, self._caller
         if server is None:
             return
-        self._server = self._thread = None
+        self._server = self._thread = self._caller = None
         server.shutdown()
         server.server_close()
         if thread is not None:
             thread.join(timeout=5)
+        if caller is not None:
+            self._outbox.put(None)
+            caller.join(timeout=5)
 
     # -- what arrived
 
@@ -241,11 +291,42 @@ class TwilioStandIn(Recorder[ReceivedSms]):
         with self._cond:
             self._failures.extend([(status, code, message)] * times)
 
+    def undeliverable(
+        self, number: str, error_code: int = 30003, *, duplicate: bool = False
+    ) -> None:
+        """Messages to ``number`` are accepted, then reported ``undelivered`` with ``error_code``.
+
+        Their status callbacks are ``sent`` then ``undelivered`` (ErrorCode
+        30003 "unreachable handset", 30005 "unknown handset", ...). With
+        ``duplicate``: ``sent``, ``failed``, ``undelivered``, ``undelivered``, as
+        Twilio may send both final statuses and retry one.
+        """
+        with self._cond:
+            self._undeliverable[number] = (error_code, duplicate)
+
+    @property
+    def callbacks(self) -> list[SentCallback]:
+        """The status callbacks POSTed so far, in order."""
+        with self._cond:
+            return list(self._callbacks)
+
+    def wait_for_callbacks(self, count: int, timeout: float = 10.0) -> list[SentCallback]:
+        """Block until at least ``count`` callbacks were POSTed (and answered); all of them."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: len(self._callbacks) >= count, timeout):
+                raise TimeoutError(
+                    f"TwilioStandIn: expected {count} status callbacks within {timeout:g}s, "
+                    f"{len(self._callbacks)} went out"
+                )
+            return list(self._callbacks)
+
     def clear(self) -> None:
-        """Forget accepted SMS and injected failures (not the request count)."""
+        """Forget accepted SMS, callbacks and injected failures (not the request count)."""
         with self._cond:
             self._messages.clear()
             self._failures.clear()
+            self._callbacks.clear()
+            self._undeliverable.clear()
 
     # -- called from request threads
 
@@ -298,10 +379,18 @@ class TwilioStandIn(Recorder[ReceivedSms]):
             return 400, _twilio_error(400, 21603, "A 'From' phone number is required."), {}
         if not text and not fields.get("MediaUrl") and not fields.get("ContentSid"):
             return 400, _twilio_error(400, 21602, "Message body is required."), {}
-        return 201, self._accept(to, from_, text, fields.get("MessagingServiceSid")), {}
+        resource = self._accept(
+            to, from_, text, fields.get("MessagingServiceSid"), fields.get("StatusCallback")
+        )
+        return 201, resource, {}
 
     def _accept(
-        self, to: str, from_: str, body: str, messaging_service_sid: str | None
+        self,
+        to: str,
+        from_: str,
+        body: str,
+        messaging_service_sid: str | None,
+        status_callback: str | None,
     ) -> dict[str, Any]:
         sid = "SM" + uuid.uuid4().hex
         now = email.utils.format_datetime(datetime.now(UTC))
@@ -336,9 +425,87 @@ class TwilioStandIn(Recorder[ReceivedSms]):
             path = self._json_dir / f"{sequence}-{sid}.json"
             write_atomically(path, json.dumps(resource, indent=2, sort_keys=True).encode())
         received = ReceivedSms(
-            sid=sid, account_sid=self._account_sid, to=to, from_=from_, body=body, path=path
+            sid=sid,
+            account_sid=self._account_sid,
+            to=to,
+            from_=from_,
+            body=body,
+            path=path,
+            status_callback=status_callback or None,
         )
         with self._cond:
             self._messages.append(received)
             self._cond.notify_all()
+            failing = self._undeliverable.get(to)
+        if status_callback:
+            for status, code in _callback_statuses(failing):
+                self._outbox.put((status_callback, self._callback_fields(received, status, code)))
         return resource
+
+    # -- status callbacks (their own thread)
+
+    def _callback_fields(self, sms: ReceivedSms, status: str, code: int | None) -> dict[str, str]:
+        fields = {
+            "AccountSid": self._account_sid,
+            "ApiVersion": "2010-04-01",
+            "From": sms.from_,
+            "To": sms.to,
+            "MessageSid": sms.sid,
+            "SmsSid": sms.sid,
+            "MessageStatus": status,
+            "SmsStatus": status,
+        }
+        if code is not None:
+            fields["ErrorCode"] = str(code)
+        return fields
+
+    def _call_back(self) -> None:
+        while (item := self._outbox.get()) is not None:
+            url, fields = item
+            if self._callback_delay > 0:
+                # Twilio's receipts come after the create call has returned;
+                # the sender records the SID in that time (docs/guarantees.md).
+                time.sleep(self._callback_delay)
+            answer = self._post_callback(url, fields)
+            code = fields.get("ErrorCode")
+            sent = SentCallback(
+                sid=fields["MessageSid"],
+                status=fields["MessageStatus"],
+                error_code=int(code) if code else None,
+                answer=answer,
+            )
+            with self._cond:
+                self._callbacks.append(sent)
+                self._cond.notify_all()
+
+    def _post_callback(self, url: str, fields: dict[str, str]) -> int:
+        """POST one callback signed as Twilio signs it; the HTTP status (0: no answer)."""
+        signature = RequestValidator(self._auth_token).compute_signature(url, fields)
+        request = urllib.request.Request(  # noqa: S310 - the URL the client gave us
+            url,
+            data=urllib.parse.urlencode(fields).encode(),
+            headers={
+                "Content-Type": "application/x-www-form-urlencoded",
+                "X-Twilio-Signature": signature,
+                "User-Agent": "TwilioProxy/1.1",
+            },
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+                return int(response.status)
+        except urllib.error.HTTPError as exc:
+            return exc.code
+        except OSError:
+            log.debug("TwilioStandIn: status callback to %s failed", url, exc_info=True)
+            return 0
+
+
+def _callback_statuses(failing: tuple[int, bool] | None) -> list[tuple[str, int | None]]:
+    """The statuses a message's callbacks report, in order."""
+    if failing is None:
+        return [("sent", None), ("delivered", None)]
+    code, duplicate = failing
+    if duplicate:
+        return [("sent", None), ("failed", code), ("undelivered", code), ("undelivered", code)]
+    return [("sent", None), ("undelivered", code)]

@@ -136,6 +136,9 @@ def test_the_demo_delivers_everything_and_leaves_nothing_running(
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert "8/8 deliveries arrived." in result.stdout
+    # The SMS end `delivered`: the stand-in's receipts reached the demo's web process.
+    rows = result.stdout.splitlines()
+    assert sum(" sms " in row and " delivered " in row for row in rows) == 2
     assert ("embedded" in result.stdout) == (redis == "embedded")
     assert len(list((tmp_path / "var" / "demo").glob("*/mail/*.eml"))) == 6
     assert len(list((tmp_path / "var" / "demo").glob("*/sms/*.json"))) == 2
