@@ -145,7 +145,12 @@ def build(settings: Settings) -> dict[str, Any]:
             Queue(name, Exchange(name, type="direct"), routing_key=name) for name in keys.QUEUES
         ],
         "task_default_queue": keys.EVENTS_QUEUE,
-        "task_routes": {keys.HANDLE_EVENT_TASK: {"queue": keys.EVENTS_QUEUE}},
+        "task_routes": {
+            keys.HANDLE_EVENT_TASK: {"queue": keys.EVENTS_QUEUE},
+            # Never with the sends: a slow endpoint must not hold up an email (DESIGN §10).
+            keys.CALLBACK_TASK: {"queue": keys.CALLBACKS_QUEUE},
+            keys.HANDLE_EVENTS_TASK: {"queue": keys.EVENTS_QUEUE},
+        },
         # Ack after the work is done, so a crash mid-delivery redelivers it;
         # the idempotency ledger makes the redelivery safe.
         "task_acks_late": True,

@@ -1,6 +1,6 @@
 """The Celery entry point.
 
-    celery -A worker worker -Q notifier.events,notifier.email,notifier.sms
+    celery -A worker worker -Q notifier.events,notifier.email,notifier.sms,notifier.callbacks
 
 Settings come from the environment (``notifier.settings``), read once here.
 """

@@ -18,7 +18,7 @@ from notifier.errors import (
 )
 
 if TYPE_CHECKING:
-    from notifier.client import prepare, publish, publish_many
+    from notifier.client import prepare, publish, publish_batch, publish_many
     from notifier.events import (
         BookingCancelled,
         BookingCreated,
@@ -32,12 +32,17 @@ if TYPE_CHECKING:
         parse_event,
     )
 
+    # For type checkers: at run time notifier.status is the callable module
+    # notifier/status.py, which answers with this function.
+    from notifier.status_lookup import status as status
+
 # Imported on first use (PEP 562): the client pulls in Celery and kombu, and the
 # events pydantic, which the ``notifier`` command mostly does not need; its
 # start-up is part of every ``dlq`` command's time (issue 16).
 _LAZY = {
     "prepare": "notifier.client",
     "publish": "notifier.client",
+    "publish_batch": "notifier.client",
     "publish_many": "notifier.client",
     "BookingCancelled": "notifier.events",
     "BookingCreated": "notifier.events",
@@ -86,6 +91,7 @@ __all__ = [
     "parse_event",
     "prepare",
     "publish",
+    "publish_batch",
     "publish_many",
     "status",
 ]

@@ -1,4 +1,4 @@
-"""The Celery app and its two tasks, thin wrappers over ``notifier.pipeline``.
+"""The Celery app and its tasks, thin wrappers over ``notifier.pipeline`` and ``callbacks``.
 
 ``create_app(settings)`` builds an app for any settings (tests make one per
 test); ``worker.py`` builds the production one from the environment.
@@ -36,9 +36,9 @@ from kombu.exceptions import OperationalError
 from vine import promise
 
 import celeryconfig
-from notifier import console_bulk, dlq_retention, keys, metrics, outage, pipeline
+from notifier import batch, callbacks, console_bulk, dlq_retention, keys, metrics, outage, pipeline
 from notifier.errors import NotifierError, PublishError
-from notifier.jobs import Job
+from notifier.jobs import CallbackJob, Job
 from notifier.logs import configure_logging, get_logger, route_stdlib_logging
 from notifier.metrics import endpoint
 from notifier.runtime import Runtime
@@ -68,8 +68,13 @@ def _broker_errors() -> Iterator[None]:
         raise PublishError(f"broker did not accept the job: {type(exc).__name__}: {exc}") from exc
 
 
+# The send path's publish of a callback (CallbackQueue.schedule_callback(quick=True)):
+# one immediate retry (a pooled connection gone stale after a Redis restart), no waits.
+_QUICK_RETRY = {"max_retries": 1, "interval_start": 0.0, "interval_step": 0.0, "interval_max": 0.0}
+
+
 class CeleryScheduler:
-    """Schedules ``notifier.deliver`` jobs on the channel's queue."""
+    """Schedules ``notifier.deliver`` jobs on the channel's queue, callbacks on theirs."""
 
     def __init__(self, app: Celery) -> None:
         self.app = app
@@ -83,6 +88,21 @@ class CeleryScheduler:
                 args=[job.model_dump(mode="json")],
                 queue=queue,
                 countdown=countdown if countdown > 0 else None,
+            )
+
+    def schedule_callback(self, job: CallbackJob, countdown: float, *, quick: bool = False) -> None:
+        """Publish ``notifier.callback(job)`` on ``notifier.callbacks`` (``CallbackQueue``)."""
+        options: dict[str, Any] = {"retry_policy": _QUICK_RETRY} if quick else {}
+        payload = job.payload
+        with _broker_errors():
+            self.app.send_task(
+                keys.CALLBACK_TASK,
+                args=[job.model_dump(mode="json")],
+                queue=keys.CALLBACKS_QUEUE,
+                countdown=countdown if countdown > 0 else None,
+                # Short, and no address: Celery copies argsrepr into the message headers.
+                argsrepr=f"[callback {payload.delivery_id or payload.event_id} {payload.state}]",
+                **options,
             )
 
     def publish_event(self, event: dict[str, Any]) -> None:
@@ -213,7 +233,8 @@ class NotifierConsumer(Consumer):
         self._reject(
             message,
             f"unknown task {str(name)[:200]!r}: notifier runs "
-            f"{keys.HANDLE_EVENT_TASK!r} and {keys.DELIVER_TASK!r}",
+            f"{keys.HANDLE_EVENT_TASK!r}, {keys.HANDLE_EVENTS_TASK!r}, {keys.DELIVER_TASK!r} "
+            f"and {keys.CALLBACK_TASK!r}",
         )
 
     def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
@@ -312,7 +333,10 @@ class NotifierCelery(Celery):
             with self._runtime_lock:
                 if self._runtime is None or self._runtime_pid != pid:
                     # After a fork the parent's sockets are not ours to use or close.
-                    self._runtime = Runtime.from_settings(self.settings, CeleryScheduler(self))
+                    scheduler = CeleryScheduler(self)
+                    self._runtime = Runtime.from_settings(
+                        self.settings, scheduler, callback_queue=scheduler
+                    )
                     self._runtime_pid = pid
         return self._runtime
 
@@ -356,6 +380,22 @@ def create_app(settings: Settings) -> NotifierCelery:
             return
         pipeline.handle_event(args[0], app.runtime, started=started)
 
+    @app.task(name=keys.HANDLE_EVENTS_TASK, shared=False, bind=True, base=NotifierTask)
+    def handle_events(self: NotifierTask, *args: Any, **kwargs: Any) -> None:
+        """The bulk path: up to 100 events in one message, each handled as on its own."""
+        started = app.runtime.monotonic()  # the task's time limits count from here
+        if self.poisoned(args):
+            return
+        if len(args) != 1 or kwargs:
+            problem = (
+                "notifier.handle_events takes exactly one positional argument, a JSON "
+                f"array of events; got {len(args)} positional and keyword arguments "
+                f"{sorted(kwargs)}"
+            )
+            pipeline.reject({"args": list(args), "kwargs": kwargs}, [problem], app.runtime)
+            return
+        batch.handle_events(args[0], app.runtime, started=started)
+
     @app.task(name=keys.DELIVER_TASK, shared=False, bind=True, base=NotifierTask)
     def deliver(self: NotifierTask, job: object) -> None:
         """Run one attempt of one delivery (retries, replays, SMS)."""
@@ -363,6 +403,20 @@ def create_app(settings: Settings) -> NotifierCelery:
         if self.poisoned((job,)):
             return
         pipeline.deliver(job, app.runtime, started=started)
+
+    @app.task(name=keys.CALLBACK_TASK, shared=False, bind=True, base=NotifierTask)
+    def callback(self: NotifierTask, *args: Any, **kwargs: Any) -> None:
+        """POST one callback to the producer (docs/DESIGN.md §9); retried on notifier.callbacks."""
+        if self.poisoned(args):
+            return
+        if len(args) != 1 or kwargs:
+            problem = (
+                "notifier.callback takes exactly one positional argument, the job; "
+                f"got {len(args)} positional and keyword arguments {sorted(kwargs)}"
+            )
+            pipeline.reject({"args": list(args), "kwargs": kwargs}, [problem], app.runtime)
+            return
+        callbacks.run(args[0], app.runtime)
 
     @app.task(name=keys.CONSOLE_BULK_TASK, shared=False)
     def bulk(job_id: str) -> None:
@@ -373,7 +427,7 @@ def create_app(settings: Settings) -> NotifierCelery:
             job_id,
             console_bulk.BulkJobs(rt.redis),
             rt.dead_letters,
-            lambda batch: pipeline.replay_many(batch, rt),
+            lambda taken: pipeline.replay_many(taken, rt),
             budget=soft_limit / 2,
         )
         if job is not None and job.state == "running":

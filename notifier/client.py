@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -30,10 +31,19 @@ from pydantic import BaseModel
 from notifier import keys
 from notifier.errors import InvalidEventError, PublishError
 from notifier.events import parse_event
+from notifier.keys import MAX_BATCH_EVENTS
 from notifier.settings import Settings, get_settings
 from notifier.transport import PublishRefused, RedisRefusingWrites
 
-__all__ = ["DEFAULT_BATCH_SIZE", "EventLike", "prepare", "publish", "publish_many"]
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "MAX_BATCH_EVENTS",
+    "EventLike",
+    "prepare",
+    "publish",
+    "publish_batch",
+    "publish_many",
+]
 
 
 DEFAULT_BATCH_SIZE = 500
@@ -107,6 +117,56 @@ def publish_many(
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
+    payloads = _prepared(events, app)
+    messages = [
+        _Message(keys.HANDLE_EVENT_TASK, payload, _argsrepr(payload), 1) for payload in payloads
+    ]
+    return _send_all(app, payloads, messages, batch_size)
+
+
+def publish_batch(
+    events: Iterable[EventLike],
+    *,
+    size: int = MAX_BATCH_EVENTS,
+    app: Celery | None = None,
+) -> list[str]:
+    """Validate every event, then publish them ``size`` to a message (the bulk path).
+
+    Each message is one ``notifier.handle_events`` task on ``notifier.events``
+    whose one argument is a JSON array of up to ``size`` (at most 100) events
+    (docs/DESIGN.md §10). Workers handle each event as if it came alone:
+    idempotency, acks and dead letters stay per event. Validation and
+    ``PublishError`` behave as in ``publish_many``; a message's events are
+    published (or not) together.
+    """
+    if not 1 <= size <= MAX_BATCH_EVENTS:
+        raise ValueError(f"size must be between 1 and {MAX_BATCH_EVENTS}")
+    payloads = _prepared(events, app)
+    messages = [
+        _Message(
+            keys.HANDLE_EVENTS_TASK,
+            payloads[start : start + size],
+            _batch_argsrepr(payloads[start : start + size]),
+            len(payloads[start : start + size]),
+        )
+        for start in range(0, len(payloads), size)
+    ]
+    # About DEFAULT_BATCH_SIZE events per Redis round trip, as publish_many.
+    return _send_all(app, payloads, messages, max(1, DEFAULT_BATCH_SIZE // size))
+
+
+@dataclass(frozen=True, slots=True)
+class _Message:
+    """One task message to publish: which task, its one argument, and how many events."""
+
+    task: str
+    argument: object
+    argsrepr: str
+    events: int
+
+
+def _prepared(events: Iterable[EventLike], app: Celery | None) -> list[dict[str, Any]]:
+    """Every event validated, or InvalidEventError naming each bad one by position."""
     payloads: list[dict[str, Any]] = []
     problems: list[str] = []
     # Judge addresses as the workers behind this app will (a staging setting).
@@ -119,21 +179,39 @@ def publish_many(
             problems.extend(f"event {index}: {message}" for message in exc.errors)
     if problems:
         raise InvalidEventError(problems)
+    return payloads
+
+
+def _send_all(
+    app: Celery | None,
+    payloads: Sequence[dict[str, Any]],
+    messages: Sequence[_Message],
+    per_pipeline: int,
+) -> list[str]:
+    """Publish the messages, ``per_pipeline`` to a Redis round trip; the events' ids."""
     if not payloads:
         return []
     app = app or _default_app()
     ids = [str(payload["event_id"]) for payload in payloads]
     done = 0  # events in chunks the broker took whole
+    chunk: Sequence[_Message] = ()
     try:
         with app.producer_or_acquire() as producer:
-            for start in range(0, len(payloads), batch_size):
-                chunk = payloads[start : start + batch_size]
+            for start in range(0, len(messages), per_pipeline):
+                chunk = messages[start : start + per_pipeline]
                 _publish_chunk(app, producer, chunk)
-                done = start + len(chunk)
+                done += sum(message.events for message in chunk)
     except PublishRefused as exc:
-        raise _refused(ids, done, exc) from exc
+        # Per message as Redis answered, per event as the producer counts them.
+        accepted = [
+            taken
+            for message, taken in zip(chunk, exc.accepted, strict=False)
+            for _ in range(message.events)
+        ]
+        raise _refused(ids, done, accepted, exc.first_error) from exc
     except _BROKER_ERRORS as exc:
-        raise _uncertain(ids, done, min(done + batch_size, len(ids)), exc) from exc
+        end = done + sum(message.events for message in chunk)
+        raise _uncertain(ids, done, end, exc) from exc
     return ids
 
 
@@ -160,13 +238,15 @@ def _why(error: BaseException) -> str:
     return text
 
 
-def _refused(ids: list[str], done: int, exc: PublishRefused) -> PublishError:
+def _refused(
+    ids: list[str], done: int, accepted_in_chunk: list[bool], first_error: BaseException
+) -> PublishError:
     """Redis answered for every message of the failed chunk: say exactly which it took."""
-    accepted = [True] * done + list(exc.accepted)
+    accepted = [True] * done + accepted_in_chunk
     accepted += [False] * (len(ids) - len(accepted))
     published = [i for i, taken in enumerate(accepted) if taken]
     refused = [i for i, taken in enumerate(accepted) if not taken]
-    why = _why(exc.first_error)
+    why = _why(first_error)
     if len(ids) == 1:
         message = f"Redis refused the event ({why}): it was not published"
     else:
@@ -213,7 +293,13 @@ def _argsrepr(payload: Mapping[str, Any]) -> str:
     return repr([{"type": payload.get("type"), "event_id": payload.get("event_id")}])
 
 
-def _publish_chunk(app: Celery, producer: Any, payloads: Sequence[dict[str, Any]]) -> None:
+def _batch_argsrepr(payloads: Sequence[Mapping[str, Any]]) -> str:
+    # As _argsrepr: no names or addresses in headers, and cheap.
+    first = payloads[0].get("event_id") if payloads else None
+    return repr([{"events": len(payloads), "first_event_id": first}])
+
+
+def _publish_chunk(app: Celery, producer: Any, messages: Sequence[_Message]) -> None:
     """Send one chunk in one pipeline, again under the retry policy if the broker fails."""
     conf = app.conf
     policy = dict(conf.task_publish_retry_policy or {}) if conf.task_publish_retry else {}
@@ -223,7 +309,7 @@ def _publish_chunk(app: Celery, producer: Any, payloads: Sequence[dict[str, Any]
     interval_max = float(policy.get("interval_max", interval) or interval)
     for attempt in range(retries + 1):
         try:
-            _pipeline(app, producer, payloads)
+            _pipeline(app, producer, messages)
             return
         except PublishRefused:
             # Redis answered: what it took is queued. Sending the chunk again
@@ -235,7 +321,7 @@ def _publish_chunk(app: Celery, producer: Any, payloads: Sequence[dict[str, Any]
             time.sleep(min(interval + attempt * step, interval_max))
 
 
-def _pipeline(app: Celery, producer: Any, payloads: Sequence[dict[str, Any]]) -> None:
+def _pipeline(app: Celery, producer: Any, messages: Sequence[_Message]) -> None:
     amqp = app.amqp
     # Bound once: kombu's declaration check copies and binds an unbound Queue
     # on every publish, which was a third of the cost of building a message.
@@ -258,19 +344,19 @@ def _pipeline(app: Celery, producer: Any, payloads: Sequence[dict[str, Any]]) ->
     batched = hasattr(channel, "create_publish_batch") and bool(
         getattr(channel, "supports_batch_publish", True)
     )
-    with producer.batch(max_size=len(payloads) + 1):
-        for index, payload in enumerate(payloads):
+    with producer.batch(max_size=len(messages) + 1):
+        for index, outgoing in enumerate(messages):
             task_id = uuid()
             message = amqp.create_task_message(
                 task_id,
-                keys.HANDLE_EVENT_TASK,
-                [payload],
+                outgoing.task,
+                [outgoing.argument],
                 {},
                 reply_to=reply_to,
                 create_sent_event=send_sent_event,
                 root_id=root_id or task_id,
                 parent_id=parent_id,
-                argsrepr=_argsrepr(payload),
+                argsrepr=outgoing.argsrepr,
                 kwargsrepr="{}",
                 origin=origin,
                 ignore_result=None,  # as send_task: the task's own setting decides
@@ -279,9 +365,7 @@ def _pipeline(app: Celery, producer: Any, payloads: Sequence[dict[str, Any]]) ->
             # touches the network until the flush, so kombu's per-message
             # ensure() would retry nothing and cost a lot.
             try:
-                amqp.send_task_message(
-                    producer, keys.HANDLE_EVENT_TASK, message, queue=queue, retry=False
-                )
+                amqp.send_task_message(producer, outgoing.task, message, queue=queue, retry=False)
             except (redis.ResponseError, RedisRefusingWrites) as exc:
                 # Refused here: batched, nothing of this chunk was sent yet;
                 # published one by one, the ones before it were taken.

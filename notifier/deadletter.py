@@ -43,6 +43,7 @@ from typing import Any, cast
 import redis
 
 from notifier import keys
+from notifier.callback_payload import CallbackPayload
 from notifier.deadletter_entries import (
     CORRUPT_REASON,
     DOCUMENT_PREFIX,
@@ -151,6 +152,28 @@ class DeadLetterStore:
             delivery=delivery,
             history=merged,
             fallback=fallback,
+        )
+        return self._write(entry)
+
+    def add_callback(
+        self, payload: CallbackPayload, *, error: str, history: list[AttemptRecord]
+    ) -> DeadLetter:
+        """Keep a callback to the producer that will not be sent (``failed``, channel ``callback``).
+
+        The entry holds the payload, which ``dlq replay`` puts back on
+        ``notifier.callbacks`` (docs/DESIGN.md §10). Each failure is a new entry.
+        """
+        now = iso_utc(self._clock())
+        entry = DeadLetter(
+            id=str(uuid.uuid4()),
+            status="failed",
+            error=error,
+            fingerprint=fingerprint(truncate(error, MAX_TEXT_BYTES)),
+            attempts=sum(1 for record in history if record.attempt > 0),
+            failed_at=now,
+            first_failed_at=min([record.at for record in history] + [now]),
+            history=history,
+            callback=payload,
         )
         return self._write(entry)
 

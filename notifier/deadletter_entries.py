@@ -23,6 +23,7 @@ from typing import Annotated, Literal, Self
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticSerializationError
 
+from notifier.callback_payload import CallbackPayload
 from notifier.planner import Delivery
 from notifier.timestamps import iso_utc
 from notifier.truncation import mark, truncate, utf8_size
@@ -98,7 +99,7 @@ class DeadLetter(BaseModel):
     status: Status
     event_id: str | None = None
     event_type: str | None = None
-    channel: Literal["email", "sms"] | None = None
+    channel: Literal["email", "sms", "callback"] | None = None
     template: str | None = None
     recipient: str | None = None
     """The delivery's address (None without a delivery); a stored value is ignored."""
@@ -113,10 +114,21 @@ class DeadLetter(BaseModel):
     history: list[AttemptRecord] = Field(default_factory=list)
     fallback: str | None = None
     """Delivery id of the email sent in place of this failed SMS, if one was."""
+    callback: CallbackPayload | None = None
+    """A callback to the producer that ran out of attempts (channel ``callback``): what
+    ``dlq replay`` puts back on ``notifier.callbacks`` (docs/DESIGN.md §10)."""
 
     @model_validator(mode="after")
     def _read_from_the_delivery(self) -> Self:
-        # What `dlq list` shows must be what `dlq replay` sends: the delivery.
+        # What `dlq list` shows must be what `dlq replay` sends: the delivery,
+        # or the callback.
+        if self.callback is not None:
+            self.channel = "callback"
+            self.event_id = self.callback.event_id
+            self.event_type = self.callback.type
+            self.template = self.callback.template
+        elif self.channel == "callback":
+            self.channel = None  # nothing to call back: not a callback entry
         delivery = self.delivery
         self.recipient = delivery.address if delivery is not None else None
         if delivery is not None:

@@ -1,4 +1,5 @@
-"""What a ``notifier.deliver`` task carries, and the port that puts one on a queue.
+"""What the ``notifier.deliver`` and ``notifier.callback`` tasks carry, and the ports
+that put them on a queue.
 
 Low in the import graph on purpose: the pipeline makes jobs, the runtime
 holds a ``Scheduler``, and the Celery app implements it, without any of them
@@ -13,10 +14,11 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from notifier.callback_payload import CallbackPayload
 from notifier.deadletter import AttemptRecord
 from notifier.planner import Delivery
 
-__all__ = ["Job", "Scheduler"]
+__all__ = ["CallbackJob", "CallbackQueue", "Job", "Scheduler"]
 
 
 class Job(BaseModel):
@@ -50,4 +52,26 @@ class Scheduler(Protocol):
         Raises a NotifierError (``PublishError``) when the broker did not take
         them all; which ones it took is then unknown (a replay puts them all
         back: a job sent twice is stopped by the ledger).
+        """
+
+
+class CallbackJob(BaseModel):
+    """The argument of ``notifier.callback``: the payload to POST and where it stands."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    payload: CallbackPayload
+    attempt: int = Field(1, ge=1)
+    history: list[AttemptRecord] = Field(default_factory=list, max_length=50)
+
+
+class CallbackQueue(Protocol):
+    """Puts a callback job on ``notifier.callbacks`` (the Celery app's scheduler)."""
+
+    def schedule_callback(self, job: CallbackJob, countdown: float, *, quick: bool = False) -> None:
+        """Enqueue ``notifier.callback(job)`` to run in ``countdown`` seconds.
+
+        ``quick``: one immediate retry of the publish at most, never a wait (the
+        send path's publish: a callback must not delay an email or SMS).
+        Raises ``PublishError`` when the broker did not take it.
         """

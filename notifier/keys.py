@@ -7,6 +7,8 @@ All keys start with ``notifier:``; the Celery queues are named ``notifier.*``
 from __future__ import annotations
 
 __all__ = [
+    "CALLBACKS_QUEUE",
+    "CALLBACK_TASK",
     "CONSOLE_BULK_TASK",
     "CONSOLE_BULK_TTL",
     "DELIVER_TASK",
@@ -17,11 +19,13 @@ __all__ = [
     "DLQ_RETENTION_LOCK",
     "EMAIL_QUEUE",
     "EVENTS_QUEUE",
+    "HANDLE_EVENTS_TASK",
     "HANDLE_EVENT_TASK",
     "HOLD_DEADLINES",
     "HOLD_JOBS",
     "HOLD_LOCK",
     "HOLD_SINCE",
+    "MAX_BATCH_EVENTS",
     "PREFIX",
     "QUEUES",
     "REPLAY_GRANT_TTL",
@@ -51,11 +55,19 @@ PREFIX = "notifier:"
 EVENTS_QUEUE = "notifier.events"
 EMAIL_QUEUE = "notifier.email"
 SMS_QUEUE = "notifier.sms"
-QUEUES = (EVENTS_QUEUE, EMAIL_QUEUE, SMS_QUEUE)
+# Callbacks to the producer (docs/DESIGN.md §9, §10): a queue of their own, so a
+# slow endpoint never holds up a send.
+CALLBACKS_QUEUE = "notifier.callbacks"
+QUEUES = (EVENTS_QUEUE, EMAIL_QUEUE, SMS_QUEUE, CALLBACKS_QUEUE)
 
 # Celery task names: the public contract (docs/DESIGN.md §1).
 HANDLE_EVENT_TASK = "notifier.handle_event"
 DELIVER_TASK = "notifier.deliver"
+CALLBACK_TASK = "notifier.callback"
+HANDLE_EVENTS_TASK = "notifier.handle_events"
+"""The bulk path: one positional argument, a JSON array of events (docs/DESIGN.md §10)."""
+MAX_BATCH_EVENTS = 100
+"""The most events one ``notifier.handle_events`` message may carry."""
 # The console's bulk actions over a filter (docs/DESIGN.md §10): on notifier.email.
 CONSOLE_BULK_TASK = "notifier.console_bulk"
 

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import redis
 from pydantic import ValidationError
 
-from notifier import budget, keys
+from notifier import budget, callbacks, keys
 from notifier.channels import Receipt
 from notifier.channels.sms import segments
 from notifier.compose import compose_email, compose_sms
@@ -41,7 +41,7 @@ from notifier.errors import (
 )
 from notifier.events import Event, json_type, parse_event
 from notifier.hold import OutageHold
-from notifier.jobs import Job
+from notifier.jobs import CallbackJob, Job
 from notifier.ledger import ClaimState
 from notifier.logs import get_logger
 from notifier.planner import Delivery, plan, sms_fallback
@@ -363,6 +363,8 @@ def run_job(
     deadline = _deadline(delivery, rt)
     if deadline is not None and deadline.expired():
         error = f"DeadlineExpired: not sent: its deadline {delivery.not_after} has passed"
+        if accept is not None:
+            accept.flush()  # `queued` before `expired`, in the order they happened
         return _dead(job, rt, error, status="expired", record=False)
 
     riders = accept.take() if accept is not None else ()
@@ -629,6 +631,26 @@ def task_failed(
     else (an event) is kept whole, status ``failed``, for replay.
     """
     error = _error_text(exc)
+    if task_name == keys.CALLBACK_TASK and len(args) == 1 and not kwargs:
+        try:
+            callback = CallbackJob.model_validate(args[0])
+        except ValidationError:
+            pass
+        else:
+            failed = callbacks.with_attempt(callback, exc, rt.clock())
+            entry = rt.dead_letters.add_callback(
+                callback.payload, error=error, history=failed.history
+            )
+            rt.metrics.record_callback("dead")
+            get_logger().error("task.failed", task=task_name, error=error, dead_letter_id=entry.id)
+            _alert_if_crowded(rt)
+            return
+    if task_name == keys.HANDLE_EVENTS_TASK and len(args) == 1 and isinstance(args[0], list):
+        # A batch is kept as one dead letter per event, each replayable on its
+        # own; the ledger stops whichever of them was sent before the failure.
+        for item in args[0]:
+            task_failed(keys.HANDLE_EVENT_TASK, (item,), {}, exc, rt)
+        return
     if task_name == keys.DELIVER_TASK and len(args) == 1 and not kwargs:
         try:
             job = Job.model_validate(args[0])
@@ -693,6 +715,8 @@ def replay(entry: DeadLetter, rt: Runtime) -> str:
     A rejected event is published again to ``notifier.handle_event``, for
     when the cause was fixed on our side (e.g. a newer worker).
     """
+    if entry.callback is not None:
+        return _replay_callback(entry, rt)
     if entry.delivery is not None:
         delivery = _replayed_delivery(entry, rt)
         # The operator's call: this delivery may go past the per-recipient limits, once.
@@ -716,17 +740,24 @@ def replay_many(entries: Sequence[DeadLetter], rt: Runtime) -> list[str | Notifi
     the store): the ledger stops whichever job was sent after all.
     """
     outcomes: list[str | NotifierError] = ["" for _ in entries]
-    deliveries = [
-        (i, _replayed_delivery(e, rt)) for i, e in enumerate(entries) if e.delivery is not None
-    ]
+    with_delivery = [i for i, e in enumerate(entries) if e.delivery is not None]
+    deliveries: list[tuple[int, Delivery]] = []
     events: list[tuple[int, dict[str, Any]]] = []
     for i, entry in enumerate(entries):
-        if entry.delivery is None:
+        if entry.callback is not None:
+            # Few, and on their own queue: one publish each.
+            try:
+                outcomes[i] = _replay_callback(entry, rt)
+            except NotifierError as exc:
+                outcomes[i] = exc
+        elif entry.delivery is None:
             try:
                 events.append((i, _replayable_event(entry)))
             except PermanentError as exc:
                 outcomes[i] = exc
     try:
+        # An undelivered SMS goes again under a new id (two writes each: rare).
+        deliveries = [(i, _replayed_delivery(entries[i], rt)) for i in with_delivery]
         grants = rt.recipient_limits.grant_many([d.delivery_id for _, d in deliveries])
         jobs = [
             Job(delivery=delivery, history=entries[i].history, replay_grant=grant)
@@ -739,7 +770,7 @@ def replay_many(entries: Sequence[DeadLetter], rt: Runtime) -> list[str | Notifi
             if isinstance(exc, NotifierError)
             else PublishError(f"grants not written: {type(exc).__name__}: {exc}")
         )
-        for i in [i for i, _ in deliveries] + [i for i, _ in events]:
+        for i in with_delivery + [i for i, _ in events]:
             outcomes[i] = error
         return outcomes
     for i, delivery in deliveries:
@@ -751,6 +782,19 @@ def replay_many(entries: Sequence[DeadLetter], rt: Runtime) -> list[str | Notifi
     for i, _ in events:
         outcomes[i] = "re-published to notifier.handle_event"
     return outcomes
+
+
+def _replay_callback(entry: DeadLetter, rt: Runtime) -> str:
+    """Put a dead-lettered callback back on ``notifier.callbacks``, attempts afresh.
+
+    Its history goes with it, as a replayed delivery's does (docs/DESIGN.md §10).
+    """
+    queue = rt.callback_queue
+    if entry.callback is None or queue is None:
+        raise PermanentError("nothing to replay: no callback, or no queue to put it on")
+    # The store keeps at most 20 records (the first and the last 19): a job may hold 50.
+    queue.schedule_callback(CallbackJob(payload=entry.callback, history=entry.history), 0)
+    return f"re-enqueued on {keys.CALLBACKS_QUEUE}"
 
 
 def _replayed_delivery(entry: DeadLetter, rt: Runtime) -> Delivery:

@@ -42,6 +42,7 @@ from notifier.twilio_errors import describe
 
 __all__ = [
     "FOLLOW_UP_LEASE",
+    "TWILIO_STATUSES",
     "InvalidReceiptError",
     "ReceiptState",
     "TwilioReceipt",
@@ -67,6 +68,9 @@ _STATES: dict[str, ReceiptState | None] = {
     "failed": "undelivered",
     "canceled": "undelivered",
 }
+
+TWILIO_STATUSES: tuple[str, ...] = tuple(_STATES)
+"""Every ``MessageStatus`` a status callback may carry."""
 
 # Twilio's Message SID: SM (or MM for MMS) and 32 hex digits.
 _SID = re.compile(r"[SM]M[0-9a-fA-F]{32}")

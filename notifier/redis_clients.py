@@ -94,13 +94,13 @@ def connect(url: str, master_name: str = DEFAULT_MASTER_NAME, **options: Any) ->
     sentinel_options.update(where.sentinel_kwargs())
     # One try per Sentinel: Sentinel.discover_master already moves on to the next.
     sentinel_options["retry"] = Retry(NoBackoff(), 0)
-    manager = Sentinel(list(where.sentinels), sentinel_kwargs=sentinel_options)  # type: ignore[no-untyped-call,unused-ignore]
+    manager = Sentinel(list(where.sentinels), sentinel_kwargs=sentinel_options)
     credentials: dict[str, Any] = {"db": where.db}
     if where.username:
         credentials["username"] = where.username
     if where.password:
         credentials["password"] = where.password.get_secret_value()
-    master: SentinelMaster = manager.master_for(  # type: ignore[no-untyped-call,unused-ignore]
+    master: SentinelMaster = manager.master_for(
         master_name,
         redis_class=SentinelMaster,
         connection_class=MasterConnection,

@@ -25,6 +25,7 @@ from typing import Protocol
 from redis import Redis
 
 from notifier import metrics as metrics_package
+from notifier.callbacks import CallbackPoster, CallbackPublisher, CallbackSender
 from notifier.channels import Receipt
 from notifier.channels.sms import SmsChannel
 from notifier.channels.smtp.connection import SmtpChannel, SmtpProvider
@@ -34,7 +35,7 @@ from notifier.deadletter import DeadLetterStore
 from notifier.deadlines import Deadline
 from notifier.errors import ConfigurationError
 from notifier.hold import OutageHold
-from notifier.jobs import Scheduler
+from notifier.jobs import CallbackQueue, Scheduler
 from notifier.ledger import Ledger
 from notifier.ratelimit import RecipientLimiter, Throttle, parse_rate_limits
 from notifier.redis_clients import redis_client
@@ -79,6 +80,9 @@ class MetricsRecorder(Protocol):
     def timed_send(self, send: Callable[[], Receipt]) -> Receipt:
         """Call ``send`` (a provider send) and observe how long it took."""
 
+    def record_callback(self, outcome: str) -> None:
+        """Count one callback outcome (``notifier.callbacks``)."""
+
 
 class SmsSender(Protocol):
     """Sends one SMS (``channels.sms.SmsChannel`` in production)."""
@@ -119,6 +123,13 @@ def _hold(settings: Settings, client: Redis, mailer: FailoverMailer) -> OutageHo
     return OutageHold(client, mailer.down)
 
 
+def _callback_poster(settings: Settings, clock: Callable[[], datetime]) -> CallbackPoster | None:
+    url, secret = settings.notifier_callback_url, settings.notifier_callback_secret
+    if not settings.callbacks_enabled or url is None or secret is None:
+        return None
+    return CallbackPoster(url, secret, settings.callback_timeout, clock=clock)
+
+
 @dataclass
 class Runtime:
     """Everything the pipeline uses, for one process."""
@@ -146,6 +157,10 @@ class Runtime:
     mailer: FailoverMailer | None = None
     """The production mailer behind ``smtp``, for the outage watch's probes and circuits."""
     metrics: MetricsRecorder = field(default_factory=metrics_package.ProcessRecorder)
+    callback_queue: CallbackQueue | None = None
+    """Where ``notifier.callback`` jobs go (the Celery app); None: nowhere (some tests)."""
+    callback_poster: CallbackSender | None = None
+    """POSTs callbacks to the producer; None unless NOTIFIER_CALLBACK_URL and _SECRET are set."""
     on_final: FinalStateSink = ignore_final
     """Told once per delivery (and rejected event) reaching a final state: callbacks' seam."""
     _sender: Address | None = field(default=None, init=False, repr=False)
@@ -158,10 +173,22 @@ class Runtime:
         *,
         clock: Callable[[], datetime] = _now,
         client: Redis | None = None,
+        callback_queue: CallbackQueue | None = None,
     ) -> Runtime:
-        """The production parts for these settings (``client``: a Redis client to use)."""
+        """The production parts for these settings (``client``: a Redis client to use).
+
+        ``callback_queue`` puts callbacks to the producer on ``notifier.callbacks``
+        (the Celery app's scheduler). With ``Settings.callbacks_enabled`` and a
+        queue, ``on_final`` enqueues a callback for each final state
+        (``callbacks.CallbackPublisher``); otherwise it ignores them.
+        """
         client = client if client is not None else redis_client(settings)
         mailer = _mailer(settings, client)
+        dead_letters = DeadLetterStore(client, clock=clock)
+        recorder = metrics_package.ProcessRecorder()
+        on_final: FinalStateSink = ignore_final
+        if settings.callbacks_enabled and callback_queue is not None:
+            on_final = CallbackPublisher(callback_queue, dead_letters, recorder)
         return cls(
             settings=settings,
             scheduler=scheduler,
@@ -170,7 +197,7 @@ class Runtime:
             ledger=Ledger(
                 client, ttl=settings.notifier_ledger_ttl, lease=settings.notifier_claim_lease
             ),
-            dead_letters=DeadLetterStore(client, clock=clock),
+            dead_letters=dead_letters,
             retry=RetryPolicy.from_settings(settings),
             smtp=mailer,
             sms_sender=SmsChannel(settings) if settings.sms_enabled else None,
@@ -185,6 +212,10 @@ class Runtime:
             clock=clock,
             hold=_hold(settings, client, mailer),
             mailer=mailer,
+            metrics=recorder,
+            callback_queue=callback_queue,
+            callback_poster=_callback_poster(settings, clock),
+            on_final=on_final,
         )
 
     def sender(self) -> Address:
@@ -209,5 +240,7 @@ class Runtime:
         self.smtp.close()
         if self.sms_sender is not None:
             self.sms_sender.close()
+        if self.callback_poster is not None:
+            self.callback_poster.close()
         metrics_package.recent.detach(self.redis)
         self.redis.close()

@@ -108,6 +108,13 @@ class Settings(BaseSettings):
     # refuses as not deliverable: for staging against a local MTA, never production.
     notifier_allow_special_domains: bool = False
 
+    # Callbacks to the producer (docs/DESIGN.md §9, notifier/callbacks.py): off
+    # unless both the URL and the secret are set. repr=False: a URL may carry a token.
+    notifier_callback_url: str | None = Field(None, repr=False)
+    notifier_callback_secret: SecretStr | None = None
+    # Seconds per request (connect, then the reply's head); capped by the task's
+    # time for sends, so a hanging endpoint never meets a time limit.
+    notifier_callback_timeout: float = Field(10.0, gt=0)
     # `notifier web` (docs/DESIGN.md §9); NOTIFIER_PUBLIC_URL is above, with the status.
     notifier_web_host: str = "127.0.0.1"
     notifier_web_port: int = Field(8808, ge=0, le=65535)
@@ -145,6 +152,20 @@ class Settings(BaseSettings):
                 "(http is allowed to loopback only: 127.0.0.0/8, ::1, localhost)"
             )
         return f"{parts.scheme}://{parts.netloc}"
+
+    @field_validator("notifier_callback_url")
+    @classmethod
+    def _callback_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                "must be an absolute http(s) URL such as https://app.example.com/hooks"
+            )
+        if parts.fragment:
+            raise ValueError("must not have a #fragment")
+        return value
 
     @field_validator("notifier_public_url")
     @classmethod
@@ -198,6 +219,12 @@ class Settings(BaseSettings):
                 f"time limit ({_seconds(limits.hard)} s, from NOTIFIER_CLAIM_LEASE)"
             )
         self._sends_fit(limits)
+        if self.notifier_callback_url and not self.notifier_callback_secret:
+            # Unsigned callbacks could be forged by anyone who finds the URL.
+            raise ValueError(
+                "NOTIFIER_CALLBACK_URL is set but NOTIFIER_CALLBACK_SECRET is not: callbacks "
+                "are signed with the secret, so set both (or neither: no callbacks)"
+            )
         return self
 
     def _sends_fit(self, limits: budget.TimeLimits) -> None:
@@ -248,6 +275,21 @@ class Settings(BaseSettings):
         """
         limits = self.time_limits
         return limits.soft, limits.hard
+
+    @property
+    def callbacks_enabled(self) -> bool:
+        """Callbacks to the producer are on when both the URL and the secret are set."""
+        return bool(self.notifier_callback_url and self.notifier_callback_secret)
+
+    @property
+    def callback_timeout(self) -> float:
+        """Seconds for each of a callback's connect and reply waits.
+
+        ``NOTIFIER_CALLBACK_TIMEOUT``, capped at half the task's time for sends
+        (``notifier.budget``): the two waits together end before the soft time
+        limit, so a hanging endpoint is a retried timeout, never a killed task.
+        """
+        return min(self.notifier_callback_timeout, self.time_limits.sends / 2)
 
     @property
     def sms_enabled(self) -> bool:

@@ -68,7 +68,7 @@ def _index_what_is_missing(store: DeadLetterStore) -> None:
         store.reindex(lambda done, _: progress.update(done), missing)
 
 
-ChannelOpt = Annotated[str | None, typer.Option("--channel", help="email or sms.")]
+ChannelOpt = Annotated[str | None, typer.Option("--channel", help="email, sms or callback.")]
 TypeOpt = Annotated[str | None, typer.Option("--type", help="Event type, e.g. booking.created.")]
 StatusOpt = Annotated[
     str | None,
@@ -205,7 +205,11 @@ def show(
     output.line(f"id:         {entry.id}")
     output.line(f"status:     {entry.status}")
     output.line(f"event:      {entry.event_type} {entry.event_id}")
-    output.line(f"delivery:   {entry.channel} {entry.template} to {entry.recipient}")
+    if entry.callback is not None:
+        # What `dlq replay` puts back on notifier.callbacks, as it will be POSTed.
+        output.line(f"callback:   {entry.callback.model_dump_json()}")
+    else:
+        output.line(f"delivery:   {entry.channel} {entry.template} to {entry.recipient}")
     output.line(f"error:      {entry.error}")
     output.line(f"attempts:   {entry.attempts} (first failure {entry.first_failed_at})")
     if entry.fallback:

@@ -15,6 +15,13 @@ Metrics (names and labels are a public contract, docs/DESIGN.md §7):
     failures show up as ``retried``/``dead`` outcomes instead).
 ``notifier_events_total{type}``
     Counter. Events accepted by ``notifier.handle_event`` (valid ones).
+``notifier_callbacks_total{outcome}``
+    Counter. Callbacks to the producer (``notifier.callbacks``): ``queued`` (the
+    send path enqueued one), ``sent`` (a 2xx), ``retried``, ``dead``
+    (dead-lettered, channel ``callback``), ``rejected`` (a malformed job) and
+    ``lost`` (neither enqueued nor kept: Redis gone; logged ``callback.lost``).
+    Kept apart from ``notifier_deliveries_total`` so that the delivery alerts
+    count emails and SMS only.
 ``notifier_dead_letters``, ``notifier_queue_length{queue}``, ``notifier_redis_up``
     Gauges read from Redis when Prometheus scrapes (ZCARD of the dead-letter
     index, LLEN of each queue); every worker reports the same values, so
@@ -53,7 +60,15 @@ from notifier.logs import get_logger
 from notifier.metrics.instruments import Metrics
 from notifier.metrics.tallies import RecentOutcomes
 
-__all__ = ["ProcessRecorder", "metrics", "recent", "record_delivery", "record_event", "timed_send"]
+__all__ = [
+    "ProcessRecorder",
+    "metrics",
+    "recent",
+    "record_callback",
+    "record_delivery",
+    "record_event",
+    "timed_send",
+]
 
 _metrics: Metrics | None = None
 _metrics_lock = threading.Lock()
@@ -94,6 +109,11 @@ def record_event(event_type: str) -> None:
     _guarded(lambda: metrics().event(event_type))
 
 
+def record_callback(outcome: str) -> None:
+    """Count one callback to the producer: ``queued``, ``sent``, ``retried``, ``dead``, ..."""
+    _guarded(lambda: metrics().callback(outcome))
+
+
 def timed_send(send: Callable[[], Receipt]) -> Receipt:
     """Call ``send`` (a provider send) and observe its duration when it succeeds."""
     started = time.perf_counter()
@@ -117,3 +137,7 @@ class ProcessRecorder:
     def timed_send(self, send: Callable[[], Receipt]) -> Receipt:
         """Call ``send`` and observe its duration when it succeeds."""
         return timed_send(send)
+
+    def record_callback(self, outcome: str) -> None:
+        """Count one callback outcome."""
+        record_callback(outcome)

@@ -63,6 +63,12 @@ class Metrics:
             ["type"],
             registry=target,
         )
+        self.callbacks: Counter = Counter(
+            "notifier_callbacks",
+            "Callbacks to the producer by outcome.",
+            ["outcome"],
+            registry=target,
+        )
 
     def delivery(self, channel: str | None, event_type: str | None, outcome: str) -> None:
         """Count one outcome."""
@@ -71,6 +77,10 @@ class Metrics:
     def event(self, event_type: str) -> None:
         """Count one accepted event."""
         self.events.labels(type_label(event_type)).inc()
+
+    def callback(self, outcome: str) -> None:
+        """Count one callback outcome (a closed set, chosen by notifier.callbacks)."""
+        self.callbacks.labels(outcome).inc()
 
     def send(self, receipt: Receipt, seconds: float) -> None:
         """Observe one successful send."""

@@ -146,6 +146,17 @@ class TwilioStandIn(Recorder[ReceivedSms]):
     ``twilio`` client raises ``TwilioRestException`` with ``.status`` and
     ``.code``.
 
+    A message created with ``StatusCallback`` gets Twilio's status callbacks:
+    form-encoded POSTs to that URL signed as Twilio signs them
+    (``X-Twilio-Signature``: ``RequestValidator(auth_token).compute_signature(url,
+    fields)``), ``sent`` then ``delivered``; for a number passed to
+    :meth:`undeliverable`, ``sent`` then ``undelivered`` with its ``ErrorCode``
+    (optionally ``failed`` and a repeated ``undelivered`` too). They go out in
+    order from one thread of their own, ``callback_delay`` seconds apart (0.2 by
+    default: Twilio's come after its API reply, and the sender records the SID
+    in between), never holding up message creation; :attr:`callbacks` and
+    :meth:`wait_for_callbacks` show what went out and what it was answered.
+
     With ``json_dir`` every accepted SMS is also written there as
     ``<n>-<sid>.json`` (the Message resource returned; ``n`` counts from 1
     for the life of the stand-in) and :attr:`ReceivedSms.path` points at it.

@@ -18,9 +18,10 @@ from fastapi import Depends, FastAPI, HTTPException, Path, Request, Response, st
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from notifier.errors import PublishError
 from notifier.health import Check
 from notifier.logs import get_logger
-from notifier.receipts import TwilioReceipt
+from notifier.receipts import TWILIO_STATUSES, TwilioReceipt
 from notifier.settings import Settings
 from notifier.status import EventStatus
 from notifier.web.access import AccessLog
@@ -64,6 +65,26 @@ def _detail(description: str) -> dict[str, Any]:
     }
 
 
+# Documented only: the handler reads the raw body itself, since the signature
+# covers every field as sent (notifier/web/twilio_callback.py).
+_TWILIO_FORM: dict[str, Any] = {
+    "required": True,
+    "content": {
+        "application/x-www-form-urlencoded": {
+            "schema": {
+                "type": "object",
+                "required": ["MessageSid", "MessageStatus"],
+                "properties": {
+                    "MessageSid": {"type": "string", "pattern": "^[SM]M[0-9a-fA-F]{32}$"},
+                    "MessageStatus": {"type": "string", "enum": list(TWILIO_STATUSES)},
+                    "ErrorCode": {"type": "string", "pattern": "^[0-9]{1,9}$"},
+                },
+            }
+        }
+    },
+}
+
+
 def create_app(parts: WebParts) -> FastAPI:
     """The ASGI application for these parts."""
     app = FastAPI(
@@ -81,6 +102,13 @@ def create_app(parts: WebParts) -> FastAPI:
     async def redis_down(_: Request, exc: redis.RedisError) -> JSONResponse:
         get_logger().error("web.redis_error", error=f"{type(exc).__name__}: {exc}")
         return JSONResponse({"detail": "Redis unavailable"}, status.HTTP_503_SERVICE_UNAVAILABLE)
+
+    @app.exception_handler(PublishError)
+    async def not_now(_: Request, exc: PublishError) -> JSONResponse:
+        # A receipt's follow-up the broker refused (PublishError): a 5xx, so a
+        # retried callback can take it up again (notifier/receipts.py).
+        get_logger().error("web.request_failed", error=f"{type(exc).__name__}: {exc}")
+        return JSONResponse({"detail": "try again later"}, status.HTTP_503_SERVICE_UNAVAILABLE)
 
     authorized = Depends(require_api_key(parts.settings.notifier_api_key))
 
@@ -118,6 +146,7 @@ def create_app(parts: WebParts) -> FastAPI:
 
     @app.post(
         "/twilio/status",
+        openapi_extra={"requestBody": _TWILIO_FORM},
         responses={
             200: {"description": "Taken (an unknown MessageSid too)"},
             400: {"description": "Not a status callback"},

@@ -1,14 +1,15 @@
 """Serving the web app with uvicorn: the bind check, the process, and a thread for tests/demo.
 
-uvicorn's own logging is off (``log_config=None``, no access log): its
-records go through ``notifier.logs`` like every other library's, and the
-access log is ours (``notifier.web.access``), which never prints a header
-or a query string.
+uvicorn configures no logging of its own (``log_config=None``) and its access
+log is off: its records go through ``notifier.logs`` like every other
+library's, and the access log is ours (``notifier.web.access``), which never
+prints a header or a query string.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -19,8 +20,9 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from notifier.errors import ConfigurationError
-from notifier.health import Check, check_redis, describe_redis_url
+from notifier.health import CHECK_TIMEOUT, Check, check_redis, describe_redis_url
 from notifier.receipts import TwilioReceipt, apply_receipt
+from notifier.redis_clients import quick_redis
 from notifier.runtime import Runtime
 from notifier.settings import Settings
 from notifier.web.app import WebParts, create_app
@@ -58,10 +60,18 @@ def production_parts(settings: Settings) -> tuple[WebParts, Callable[[], None]]:
 
     app = celery_app(settings)
     rt: Runtime = app.runtime
-    where = describe_redis_url(settings.redis_url, settings.notifier_redis_master_name)
+    master = settings.notifier_redis_master_name
+    where = describe_redis_url(settings.redis_url, master)
+    # Its own client for /healthz, failing fast as `notifier health`'s does: the
+    # runtime's retries ride out a Redis restart, longer than a probe may wait.
+    probe = quick_redis(settings.redis_url, timeout=CHECK_TIMEOUT, master_name=master)
 
     def health() -> list[Check]:
-        return [check_redis(rt.redis, where)]
+        return [check_redis(probe, where)]
+
+    def close() -> None:
+        probe.close()
+        app.close_runtime()
 
     receipts: Callable[[TwilioReceipt], object] = partial(apply_receipt, rt=rt)
     parts = WebParts(
@@ -71,7 +81,7 @@ def production_parts(settings: Settings) -> tuple[WebParts, Callable[[], None]]:
         apply_receipt=receipts,
         console=production_ports(settings, app),
     )
-    return parts, app.close_runtime
+    return parts, close
 
 
 def serve(settings: Settings) -> None:
@@ -89,6 +99,10 @@ def serve(settings: Settings) -> None:
 
 def uvicorn_config(app: ASGIApp, host: str, port: int) -> uvicorn.Config:
     """uvicorn's settings for our app: our logging, no access log, no lifespan."""
+    # Off for good, not only handler-less: uvicorn logs the request line (query
+    # string included) whenever the logger has a handler anywhere, and a handler
+    # can be added later (pytest's log capture adds one to every quiet logger).
+    logging.getLogger("uvicorn.access").disabled = True
     return uvicorn.Config(
         app,
         host=host,

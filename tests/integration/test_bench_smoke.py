@@ -73,3 +73,18 @@ def test_the_benchmark_runs_and_reports_every_field(
     assert result["settings"]["sink_throughput"] == sink
     assert result["settings"]["task_acks_late"] is True
     assert result["emails"] > result["events"]  # the booking.created mix sends two each
+
+
+@pytest.mark.timeout(240)
+def test_the_benchmark_runs_the_bulk_path(redis_url: str, tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "bench", "--smoke", "--batch", "50", "--sink", "python"]
+    command += ["--redis-url", redis_url, "--workdir", str(tmp_path)]
+    completed = subprocess.run(
+        command, cwd=REPO, capture_output=True, text=True, timeout=200, check=False
+    )
+
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert result["e2e_path"] == "publish_batch(size=50)"
+    assert result["dead_letters"] == 0
+    assert result["emails_per_s"] > 0

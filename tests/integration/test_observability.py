@@ -318,7 +318,12 @@ def test_stats_groups_dead_letters_by_fingerprint(observed: Observed) -> None:
 def test_stats_shows_empty_queues_once_the_work_is_done(observed: Observed) -> None:
     ready = {queue: counts["ready"] for queue, counts in observed.stats["queues"].items()}
 
-    assert ready == {"notifier.events": 0, "notifier.email": 0, "notifier.sms": 0}
+    assert ready == {
+        "notifier.events": 0,
+        "notifier.email": 0,
+        "notifier.sms": 0,
+        "notifier.callbacks": 0,
+    }
 
 
 # --- notifier health -------------------------------------------------------------------

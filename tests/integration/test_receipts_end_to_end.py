@@ -8,20 +8,24 @@ a free port, which is ``NOTIFIER_PUBLIC_URL``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 from pydantic import SecretStr
+from twilio.request_validator import RequestValidator
 
 from notifier.app import NotifierCelery
+from notifier.app import create_app as celery_app
 from notifier.client import publish
 from notifier.deadletter import DeadLetter, DeadLetterStore
 from notifier.events import parse_event
 from notifier.planner import Delivery, plan, sms_fallback
 from notifier.settings import Settings
-from notifier.testing import SmtpSink, TwilioStandIn, free_port
+from notifier.testing import SmtpSink, TwilioStandIn, WorkerProcess, free_port
 from notifier.web.app import create_app
 from notifier.web.server import ServerThread, production_parts
 from tests import samples
@@ -128,3 +132,76 @@ def test_a_good_number_ends_delivered(
     final = reaching(web, event["event_id"], fan_sms.delivery_id, "delivered")
     assert [entry["state"] for entry in final["timeline"]][-1] == "delivered"
     assert dead_letters.count() == 0
+
+
+def test_healthz_is_ok_with_redis_up(web: str) -> None:
+    answer = requests.get(f"{web}/healthz", timeout=5)
+    assert (answer.status_code, answer.json()) == (200, {"status": "ok"})
+
+
+def test_a_signed_receipt_for_an_unknown_sid_is_200_and_changes_nothing(
+    web: str, settings: Settings, twilio: TwilioStandIn, dead_letters: DeadLetterStore
+) -> None:
+    fields = {"MessageSid": "SM" + "e" * 32, "MessageStatus": "undelivered", "ErrorCode": "30003"}
+    url = f"{settings.notifier_public_url}/twilio/status"
+    signature = RequestValidator(twilio.auth_token).compute_signature(url, fields)
+    answer = requests.post(
+        f"{web}/twilio/status", data=fields, headers={"X-Twilio-Signature": signature}, timeout=5
+    )
+    assert answer.status_code == 200
+    assert dead_letters.count() == 0
+
+
+def test_a_worker_process_and_the_web_process_end_an_undelivered_sms_once(
+    settings: Settings,
+    web: str,
+    twilio: TwilioStandIn,
+    smtp_sink: SmtpSink,
+    dead_letters: DeadLetterStore,
+    tmp_path: Path,
+) -> None:
+    # The documented worker command in a process of its own (notifier.testing's
+    # harness), configured through its environment only, as operators run it.
+    ours = {name.upper() for name in Settings.model_fields}
+    environment = {k: v for k, v in os.environ.items() if k.upper() not in ours}
+    environment.update(
+        REDIS_URL=settings.redis_url,
+        MAIL_SERVER=smtp_sink.host,
+        MAIL_PORT=str(smtp_sink.port),
+        MAIL_USE_TLS="false",
+        MAIL_DEFAULT_SENDER="Bookings <bookings@example.com>",
+        MAIL_TIMEOUT="4",
+        TWILIO_ACCOUNT_SID=twilio.account_sid,
+        TWILIO_AUTH_TOKEN=twilio.auth_token,
+        TWILIO_PHONE_NUMBER="+14155550100",
+        TWILIO_API_BASE_URL=twilio.base_url,
+        NOTIFIER_PUBLIC_URL=str(settings.notifier_public_url),
+        NOTIFIER_SMS_MPS="0",
+        NOTIFIER_RATE_LIMITS="none",
+        NOTIFIER_METRICS_PORT="0",
+        NOTIFIER_LOG_FORMAT="json",
+    )
+    worker = WorkerProcess(environment, tmp_path / "worker.log", concurrency=1).start()
+    client = celery_app(settings)
+    try:
+        worker.wait_ready()
+        event = samples.booking_created()
+        fan_sms = sms_of(event, "fan")
+        fallback = sms_fallback(fan_sms)
+        assert fallback is not None
+        twilio.undeliverable(samples.FAN["phone"], 30005, duplicate=True)
+        publish(event, app=client)
+
+        twilio.wait_for_callbacks(4, timeout=60)
+        reaching(web, event["event_id"], fallback.delivery_id, "sent")
+        sms = reaching(web, event["event_id"], fan_sms.delivery_id, "undelivered")
+        letter = dead_letters.get(fan_sms.delivery_id)
+        assert isinstance(letter, DeadLetter)
+        assert letter.error == "Twilio ErrorCode 30005: unknown destination handset"
+        assert sms["dead_letter_id"] == letter.id
+        to_fan = [m for m in smtp_sink.messages if m.rcpt_tos == (samples.FAN["email"],)]
+        # The booking confirmation and one fallback, despite failed + undelivered twice.
+        assert len(to_fan) == 2, worker.log_tail()
+    finally:
+        worker.stop()
+        client.close()

@@ -20,6 +20,7 @@ RULES_DIR = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
 METRICS = (
     "notifier_deliveries_total",
     "notifier_events_total",
+    "notifier_callbacks_total",
     "notifier_dead_letters",
     "notifier_held_emails",
     "notifier_queue_length",
@@ -55,6 +56,7 @@ def test_the_alerts_ops_asked_for_exist(rules: dict[str, dict[str, Any]]) -> Non
         "NotifierRedisMemoryHigh",
         "NotifierRedisFull",
         "NotifierEmailsHeld",
+        "NotifierCallbacksDeadLettered",
     } <= set(rules)
 
 

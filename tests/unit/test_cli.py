@@ -575,3 +575,34 @@ def test_replay_all_off_a_terminal_without_yes_refuses(
     assert result.exit_code == 2
     assert "add --yes" in result.stderr
     assert dead_letters.count() == 1
+
+
+# --- trace and the replay of an undelivered SMS ------------------------------------------
+
+
+def test_trace_prints_a_hostile_event_type_and_reasons_inert(
+    runner: CliRunner, dead_letters: DeadLetterStore
+) -> None:
+    from notifier.redis_clients import redis_client
+    from notifier.status import StatusStore
+
+    store = StatusStore(redis_client(make_settings()), ttl=60)
+    store.reject("evt-hostile", HOSTILE_TYPE, [f"type: unknown type {HOSTILE_TYPE}"], "dl-1")
+
+    result = runner.invoke(app, ["trace", "evt-hostile"])
+
+    assert result.exit_code == 0, result.stderr
+    assert ACTIVE.search(result.stdout + result.stderr) is None, repr(result.stdout)
+    assert "\nreplayed 00000000: forged" not in result.stdout
+
+
+def test_dlq_replay_dry_run_says_an_undelivered_sms_goes_again_under_a_new_id(
+    runner: CliRunner, dead_letters: DeadLetterStore
+) -> None:
+    sms = next(d for d in plan(parse_event(samples.booking_created())) if d.channel == "sms")
+    entry = dead_letters.add_delivery(sms, status="undelivered", error="30003", history=[])
+
+    result = runner.invoke(app, ["dlq", "replay", entry.id, "--dry-run"])
+
+    assert result.exit_code == 0, result.stderr
+    assert f"sent again as {sms.delivery_id}:r<n>" in result.stdout

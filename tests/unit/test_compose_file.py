@@ -13,11 +13,16 @@ from typing import Any
 import pytest
 import yaml
 
-from notifier.keys import EMAIL_QUEUE, EVENTS_QUEUE, SMS_QUEUE
+from notifier.keys import CALLBACKS_QUEUE, EMAIL_QUEUE, EVENTS_QUEUE, SMS_QUEUE
 from notifier.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
-WORKERS = {"worker-events": EVENTS_QUEUE, "worker-email": EMAIL_QUEUE, "worker-sms": SMS_QUEUE}
+WORKERS = {
+    "worker-events": EVENTS_QUEUE,
+    "worker-email": EMAIL_QUEUE,
+    "worker-sms": SMS_QUEUE,
+    "worker-callbacks": CALLBACKS_QUEUE,
+}
 
 
 @pytest.fixture(scope="module")

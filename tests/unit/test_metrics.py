@@ -274,7 +274,12 @@ def test_queue_lengths_count_priority_lists_too(client: fakeredis.FakeRedis) -> 
     client.rpush(keys.EMAIL_QUEUE + "\x06\x169", "c")
     client.rpush(keys.SMS_QUEUE, "d")
 
-    assert queue_lengths(client) == {keys.EVENTS_QUEUE: 0, keys.EMAIL_QUEUE: 3, keys.SMS_QUEUE: 1}
+    assert queue_lengths(client) == {
+        keys.EVENTS_QUEUE: 0,
+        keys.EMAIL_QUEUE: 3,
+        keys.SMS_QUEUE: 1,
+        keys.CALLBACKS_QUEUE: 0,
+    }
 
 
 def _unacked(queue: str, eta: datetime | None) -> str:

@@ -180,7 +180,7 @@ def make_world() -> Iterator[MakeWorld]:
         redis = fakeredis.FakeRedis()
         settings_ = make_settings(**values)
         smtp, sms = FakeSmtp(), FakeSms()
-        timing = {} if clock is None else {"clock": clock}
+        timing: dict[str, Any] = {} if clock is None else {"clock": clock}
         production = Runtime.from_settings(settings_, scheduler, client=redis, **timing)
         rt = dataclasses.replace(
             production, smtp=smtp, sms_sender=sms if settings_.sms_enabled else None
@@ -241,6 +241,9 @@ class CountingMetrics:
     def timed_send(self, send: Callable[[], Receipt]) -> Receipt:
         self.sends += 1
         return send()
+
+    def record_callback(self, outcome: str) -> None:
+        pass
 
 
 def test_the_pipeline_counts_through_the_runtimes_metrics_recorder(world: World) -> None:

@@ -94,6 +94,9 @@ class Metrics:
         result: Receipt = send()
         return result
 
+    def record_callback(self, outcome: str) -> None:
+        pass
+
 
 @dataclass
 class World:

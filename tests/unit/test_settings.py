@@ -63,6 +63,8 @@ def settings(**values: Any) -> Settings:
         ("notifier_visibility_timeout", 280),
         ("notifier_claim_lease", 140),
         ("notifier_ledger_ttl", 604_800),
+        ("notifier_status_ttl", 604_800),
+        ("notifier_public_url", None),
         ("notifier_template_dir", None),
         ("notifier_log_level", "INFO"),
         ("notifier_log_format", "json"),
@@ -365,3 +367,27 @@ def test_secrets_remain_usable() -> None:
 
     assert loaded.mail_password is not None
     assert loaded.mail_password.get_secret_value() == PASSWORD
+
+
+# --- status (docs/status.md) --------------------------------------------------------------
+
+
+def test_a_status_ttl_below_one_second_is_rejected_by_name() -> None:
+    with pytest.raises(ConfigurationError, match="NOTIFIER_STATUS_TTL"):
+        settings(notifier_status_ttl=0)
+
+
+def test_the_public_url_is_kept_without_its_trailing_slash() -> None:
+    assert (
+        settings(notifier_public_url="https://notifier.example.com/hooks/").notifier_public_url
+        == "https://notifier.example.com/hooks"
+    )
+
+
+@pytest.mark.parametrize(
+    "url", ["hooks.internal", "ftp://hooks.internal", "https://hooks.internal/?a=1"]
+)
+def test_a_public_url_that_is_not_an_http_url_is_rejected_by_name(url: str) -> None:
+    with pytest.raises(ConfigurationError, match="NOTIFIER_PUBLIC_URL") as caught:
+        settings(notifier_public_url=url)
+    assert url not in str(caught.value)

@@ -14,9 +14,14 @@ import pytest
 
 from notifier import keys
 from notifier.deadletter import DeadLetter
-from notifier.errors import AmbiguousDeliveryError, PermanentError, TransientError
+from notifier.errors import (
+    AmbiguousDeliveryError,
+    CircuitOpenError,
+    PermanentError,
+    TransientError,
+)
 from notifier.events import parse_event
-from notifier.pipeline import Job, deliver, handle_event, parse_job, replay
+from notifier.pipeline import Job, deliver, handle_event, parse_job, replay, task_failed
 from notifier.planner import Delivery, plan
 from notifier.runtime import Runtime
 from notifier.status import MAX_DETAIL_CHARS, FinalState, StatusStore
@@ -305,7 +310,7 @@ class Worker:
         return found.model_dump(mode="json")
 
 
-def _worker(**settings: Any) -> Worker:
+def _worker(clock: Any = None, **settings: Any) -> Worker:
     values: dict[str, Any] = {
         "notifier_sms_mps": 0,
         "notifier_retry_max_attempts": 3,
@@ -316,7 +321,7 @@ def _worker(**settings: Any) -> Worker:
     finals: list[FinalState] = []
     settings_ = make_settings(**values)
     production = Runtime.from_settings(
-        settings_, scheduler, client=fakeredis.FakeRedis(), clock=Clock()
+        settings_, scheduler, client=fakeredis.FakeRedis(), clock=clock or Clock()
     )
     rt = dataclasses.replace(
         production,
@@ -400,6 +405,55 @@ def test_a_failed_sms_has_its_dead_letter_and_its_fallback_email_is_linked_queue
     assert doc["deliveries"][2]["dead_letter_id"] is not None
     w.run_scheduled()
     assert _states(w.event(event["event_id"]))[3] == ("email", "sent")
+
+
+def test_an_email_held_in_an_outage_is_recorded_held() -> None:
+    w = _worker()
+    w.smtp.failures.append(CircuitOpenError("every provider is down"))
+    event = samples.user_registered()
+
+    handle_event(event, w.rt)
+
+    [delivery] = w.event(event["event_id"])["deliveries"]
+    assert delivery["state"] == "held"
+    assert w.finals == []
+
+
+def test_a_rate_limited_delivery_is_final_with_its_dead_letter() -> None:
+    w = _worker()
+    events = [samples.password_reset_requested() for _ in range(6)]
+    for event in events:
+        handle_event(event, w.rt)
+
+    [delivery] = w.event(events[-1]["event_id"])["deliveries"]
+    assert delivery["state"] == "rate_limited"
+    assert delivery["dead_letter_id"] is not None
+    assert w.finals[-1].state == "rate_limited"
+
+
+def test_an_expired_reset_is_recorded_expired() -> None:
+    event = samples.password_reset_requested()
+    too_late = datetime.fromisoformat(event["occurred_at"]) + timedelta(hours=1, seconds=1)
+    w = _worker(clock=lambda: too_late)
+
+    handle_event(event, w.rt)
+
+    [delivery] = w.event(event["event_id"])["deliveries"]
+    assert (delivery["state"], delivery["attempts"]) == ("expired", 0)
+    assert [e["state"] for e in delivery["timeline"]] == ["queued", "expired"]
+
+
+def test_a_delivery_task_that_failed_is_recorded_failed() -> None:
+    w = _worker(**TWILIO)
+    event = samples.booking_created()
+    handle_event(event, w.rt)
+    job, _ = w.scheduler.scheduled.pop(0)
+
+    task_failed("notifier.deliver", (job.model_dump(mode="json"),), {}, RuntimeError("boom"), w.rt)
+
+    sms = w.event(event["event_id"])["deliveries"][2]
+    assert sms["state"] == "failed"
+    assert sms["timeline"][-1]["detail"] == "RuntimeError: boom"
 
 
 def test_a_rejected_event_has_an_event_level_record_with_its_dead_letter() -> None:

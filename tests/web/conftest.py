@@ -68,9 +68,16 @@ class FakeParts:
     status: FakeStatus = field(default_factory=FakeStatus)
     checks: list[Check] = field(default_factory=lambda: [Check("redis", "ok", "PONG")])
     receipts: list[TwilioReceipt] = field(default_factory=list)
+    refusal: Exception | None = None
+    """Raised by ``apply`` instead of taking the receipt (a broker that refuses)."""
 
     def health(self) -> Sequence[Check]:
         return self.checks
+
+    def apply(self, receipt: TwilioReceipt) -> None:
+        if self.refusal is not None:
+            raise self.refusal
+        self.receipts.append(receipt)
 
 
 def web_settings(**overrides: Any) -> Settings:
@@ -102,7 +109,7 @@ def serve(fakes: FakeParts) -> Iterator[Callable[..., str]]:
             settings=web_settings(**overrides),
             status=fakes.status,
             health=fakes.health,
-            apply_receipt=fakes.receipts.append,
+            apply_receipt=fakes.apply,
         )
         server = ServerThread(create_app(parts)).start()
         servers.append(server)

@@ -40,7 +40,7 @@ def public_url(twilio: TwilioStandIn, fakes: FakeParts) -> Iterator[str]:
         settings=settings,
         status=fakes.status,
         health=fakes.health,
-        apply_receipt=fakes.receipts.append,
+        apply_receipt=fakes.apply,
     )
     with ServerThread(create_app(parts), port=port):
         yield url

@@ -90,6 +90,15 @@ def test_without_public_url_it_is_404(serve: Callable[..., str], fakes: FakePart
     assert fakes.receipts == []
 
 
+def test_without_an_auth_token_to_check_with_it_is_404(
+    serve: Callable[..., str], fakes: FakeParts
+) -> None:
+    url = serve(twilio_auth_token=None)
+    fields = {"MessageSid": SID, "MessageStatus": "delivered"}
+    assert post(url, fields, signed(fields)).status_code == 404
+    assert fakes.receipts == []
+
+
 def test_an_oversize_body_is_413_before_the_signature(base_url: str, fakes: FakeParts) -> None:
     fields = {"MessageSid": SID, "MessageStatus": "delivered", "Pad": "x" * MAX_BODY_BYTES}
     assert post(base_url, fields, signed(fields)).status_code == 413
