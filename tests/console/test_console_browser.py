@@ -16,13 +16,18 @@ from selenium.common.exceptions import (
     StaleElementReferenceException,
 )
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
+from notifier.app import NotifierCelery
+from notifier.client import publish
 from notifier.deadletter import DeadLetterStore
 from notifier.testing import SmtpSink, WorkerProcess
+from tests import samples
 from tests.console.conftest import API_KEY
 from tests.console.seeding import seed
+from tests.polling import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -226,3 +231,102 @@ def test_a_bulk_replay_over_a_filter_shows_its_progress_until_it_completes(
     assert browser.find_elements(By.CSS_SELECTOR, "meta[http-equiv=refresh]") == []
     assert {entry.channel for entry in store} == {"sms"}
     assert len(smtp_sink.wait_for(120, timeout=60)) >= 120
+
+
+def a_dead_lettered_welcome(
+    celery_client: NotifierCelery, store: DeadLetterStore, smtp_sink: SmtpSink
+) -> tuple[str, str]:
+    """A real event whose email the sink refuses (550): (event id, dead letter id)."""
+    smtp_sink.reject_recipient("ada@example.com")
+    event_id = publish(samples.user_registered(), app=celery_client)
+    entries = eventually(lambda: list(store), timeout=30, what="a dead letter")
+    return event_id, entries[0].id
+
+
+def test_an_entry_shows_its_attempts_error_and_the_trace_of_its_event(
+    browser: Any,
+    console_url: str,
+    celery_client: NotifierCelery,
+    store: DeadLetterStore,
+    worker: WorkerProcess,
+    smtp_sink: SmtpSink,
+) -> None:
+    event_id, entry_id = a_dead_lettered_welcome(celery_client, store, smtp_sink)
+    sign_in(browser, console_url)
+
+    browser.get(f"{console_url}/entries/{entry_id}")
+
+    main = browser.find_element(By.TAG_NAME, "main").text
+    assert "550" in browser.find_element(By.ID, "error").text
+    assert "a***@example.com" in main
+    assert "ada@example.com" not in browser.page_source
+    assert event_id in main
+    timeline = [
+        row.find_elements(By.TAG_NAME, "td")[1].text
+        for row in browser.find_elements(By.CSS_SELECTOR, "table.timeline tbody tr")
+    ]
+    assert timeline[0] == "queued"
+    assert timeline[-1] == "failed"
+
+
+def test_the_trace_search_finds_an_event_by_its_id(
+    browser: Any,
+    console_url: str,
+    celery_client: NotifierCelery,
+    store: DeadLetterStore,
+    worker: WorkerProcess,
+    smtp_sink: SmtpSink,
+) -> None:
+    event_id, entry_id = a_dead_lettered_welcome(celery_client, store, smtp_sink)
+    sign_in(browser, console_url)
+    browser.get(f"{console_url}/trace")
+
+    browser.find_element(By.ID, "event_id").send_keys(event_id)
+    click(browser, "Trace")
+
+    wait(browser).until(
+        lambda driver: driver.find_element(By.TAG_NAME, "h2").text == f"Event {event_id}"
+    )
+    assert browser.find_element(By.LINK_TEXT, entry_id).get_attribute("href").endswith(entry_id)
+    browser.get(f"{console_url}/trace?event_id=no-such-event")
+    assert "No trace of" in browser.find_element(By.TAG_NAME, "main").text
+
+
+def test_the_console_is_usable_from_the_keyboard_alone(
+    browser: Any, console_url: str, store: DeadLetterStore
+) -> None:
+    [entry_id] = seed(store, emails=1)
+    browser.get(f"{console_url}/")
+    browser.switch_to.active_element.send_keys(API_KEY, Keys.ENTER)  # the key field has focus
+    wait_for_heading(browser, "Overview")
+
+    def tab_to(text: str) -> None:
+        for _ in range(40):
+            browser.switch_to.active_element.send_keys(Keys.TAB)
+            if browser.switch_to.active_element.text.startswith(text):
+                return
+        raise AssertionError(f"{text!r} cannot be reached with Tab")
+
+    tab_to("Dead letters")
+    browser.switch_to.active_element.send_keys(Keys.ENTER)
+    wait_for_heading(browser, "Dead letters")
+    for _ in range(60):  # to the entry's checkbox, ticked with Space
+        browser.switch_to.active_element.send_keys(Keys.TAB)
+        if browser.switch_to.active_element.get_attribute("value") == entry_id:
+            break
+    browser.switch_to.active_element.send_keys(Keys.SPACE)
+    tab_to("Purge selected")
+    browser.switch_to.active_element.send_keys(Keys.ENTER)
+    wait_for_heading(browser, "Purge 1 dead letter?")
+
+    for control in browser.find_elements(By.CSS_SELECTOR, "input:not([type=hidden]), select"):
+        labels = browser.find_elements(
+            By.CSS_SELECTOR, f"label[for='{control.get_attribute('id')}']"
+        )
+        assert labels, f"control {control.get_attribute('name')} has no label"
+    browser.get(f"{console_url}/dead-letters")
+    for control in browser.find_elements(By.CSS_SELECTOR, "input:not([type=hidden]), select"):
+        labels = browser.find_elements(
+            By.CSS_SELECTOR, f"label[for='{control.get_attribute('id')}']"
+        )
+        assert labels, f"control {control.get_attribute('name')} has no label"
