@@ -423,15 +423,14 @@ def create_app(settings: Settings) -> NotifierCelery:
         """A console bulk action over a filter, for half a time limit; then again until done."""
         rt = app.runtime
         soft_limit, _ = app.settings.task_time_limits
-        job = console_bulk.run_bulk(
+        console_bulk.run_slice(
             job_id,
             console_bulk.BulkJobs(rt.redis),
             rt.dead_letters,
             lambda taken: pipeline.replay_many(taken, rt),
+            lambda next_job: publish_bulk(app, next_job),
             budget=soft_limit / 2,
         )
-        if job is not None and job.state == "running":
-            publish_bulk(app, job_id)
 
     _apps.add(app)
     return app

@@ -43,6 +43,7 @@ __all__ = [
     "filter_from_record",
     "filter_record",
     "run_bulk",
+    "run_slice",
 ]
 
 Action = Literal["replay", "purge"]
@@ -202,6 +203,35 @@ def run_bulk(
         )
         raise
     return jobs.save(job.model_copy(update={"state": "done"}))
+
+
+def run_slice(
+    job_id: str,
+    jobs: BulkJobs,
+    store: DeadLetterStore,
+    replayer: BatchReplayer,
+    publish: Callable[[str], None],
+    *,
+    budget: float,
+) -> BulkJob | None:
+    """The task's body: ``run_bulk`` for ``budget`` seconds, then ``publish`` the next slice.
+
+    When the next slice cannot be published the job ends ``failed`` with the
+    reason (the page would otherwise say ``running`` with nothing running);
+    what is left stays in the store, for another bulk action or the CLI.
+    """
+    job = run_bulk(job_id, jobs, store, replayer, budget=budget)
+    if job is None or job.state != "running":
+        return job
+    try:
+        publish(job_id)
+    except NotifierError as exc:
+        return jobs.save(
+            job.model_copy(
+                update={"state": "failed", "last_error": f"next slice not published: {exc}"}
+            )
+        )
+    return job
 
 
 def _chunks(

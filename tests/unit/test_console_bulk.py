@@ -9,7 +9,14 @@ import fakeredis
 import pytest
 
 from notifier import keys
-from notifier.console_bulk import BulkJob, BulkJobs, filter_from_record, filter_record, run_bulk
+from notifier.console_bulk import (
+    BulkJob,
+    BulkJobs,
+    filter_from_record,
+    filter_record,
+    run_bulk,
+    run_slice,
+)
 from notifier.deadletter import DeadLetter, DeadLetterStore, Filter, Status
 from notifier.errors import NotifierError, PublishError
 from notifier.events import parse_event
@@ -197,3 +204,36 @@ def test_a_bulk_jobs_filter_is_kept_with_its_times_resolved() -> None:
 
     assert filter_from_record(filter_record(where)) == where
     assert filter_record(Filter()) == {}
+
+
+def test_a_slice_out_of_time_publishes_the_next_slice_of_the_same_job(
+    store: DeadLetterStore, jobs: RecordingJobs, clock: Clock
+) -> None:
+    fill(store, clock, 450)
+    job = jobs.create("purge", Filter(), 450)
+    published: list[str] = []
+
+    after = run_slice(job.id, jobs, store, Replayer(), published.append, budget=0)
+
+    assert after is not None
+    assert (after.state, after.done) == ("running", 200)
+    assert published == [job.id]
+
+
+def test_a_bulk_job_whose_next_slice_cannot_be_published_ends_failed(
+    store: DeadLetterStore, jobs: RecordingJobs, clock: Clock
+) -> None:
+    fill(store, clock, 450)
+    job = jobs.create("purge", Filter(), 450)
+
+    def refuse(_: str) -> None:
+        raise PublishError("broker did not accept the job")
+
+    after = run_slice(job.id, jobs, store, Replayer(), refuse, budget=0)
+
+    assert after is not None
+    assert after.state == "failed"
+    assert after.last_error is not None
+    assert "broker did not accept" in after.last_error
+    assert jobs.get(job.id) == after
+    assert store.count() == 250
