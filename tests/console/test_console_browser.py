@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import requests
+from fastapi import FastAPI
 from selenium.common.exceptions import (
     NoAlertPresentException,
     NoSuchElementException,
@@ -23,7 +24,11 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 from notifier.app import NotifierCelery
 from notifier.client import publish
 from notifier.deadletter import DeadLetterStore
+from notifier.settings import Settings
 from notifier.testing import SmtpSink, WorkerProcess
+from notifier.web.console import console_router
+from notifier.web.console.wiring import production_ports
+from notifier.web.server import ServerThread
 from tests import samples
 from tests.console.conftest import API_KEY
 from tests.console.seeding import seed
@@ -330,3 +335,49 @@ def test_the_console_is_usable_from_the_keyboard_alone(
             By.CSS_SELECTOR, f"label[for='{control.get_attribute('id')}']"
         )
         assert labels, f"control {control.get_attribute('name')} has no label"
+
+
+def test_a_bulk_action_outlives_the_web_process_that_started_it(
+    settings: Settings,
+    celery_client: NotifierCelery,
+    store: DeadLetterStore,
+    worker: WorkerProcess,
+    smtp_sink: SmtpSink,
+) -> None:
+    seed(store, emails=40)
+
+    def serve() -> ServerThread:
+        app = FastAPI()
+        app.include_router(console_router(production_ports(settings, celery_client)))
+        return ServerThread(app).start()
+
+    first = serve()
+    session = requests.Session()
+    token = session.get(f"{first.url}/console/login", timeout=10).text
+    token = token.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+    overview = session.post(
+        f"{first.url}/console/login", data={"csrf": token, "api_key": API_KEY}, timeout=10
+    )
+    csrf = overview.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+    started = session.post(
+        f"{first.url}/console/bulk",
+        data={"csrf": csrf, "action": "purge", "confirmed": "yes", "total": "40"},
+        timeout=10,
+        allow_redirects=False,
+    )
+    job_path = started.headers["Location"]
+    first.stop()  # the web process goes away; the job does not
+
+    second = serve()
+    try:
+
+        def finished() -> requests.Response | None:
+            answer = session.get(f"{second.url}{job_path}", timeout=10)
+            return answer if 'id="state">done<' in answer.text else None
+
+        page = eventually(finished, timeout=30, what="the purge done, seen by the new process")
+    finally:
+        second.stop()
+
+    assert '<dd id="done">40</dd>' in page.text
+    assert store.count() == 0
