@@ -47,7 +47,7 @@ from notifier.logs import get_logger
 from notifier.planner import Delivery, plan, sms_fallback
 from notifier.runtime import Runtime
 from notifier.script_calls import ScriptCall
-from notifier.status import DeliveryState, FinalState, clean_detail, ignore_final
+from notifier.status_store import DeliveryState, FinalState, clean_detail, ignore_final
 from notifier.timestamps import iso_utc
 
 __all__ = [

@@ -37,7 +37,7 @@ from notifier.jobs import Job
 from notifier.logs import get_logger
 from notifier.planner import Delivery, sms_fallback
 from notifier.runtime import Runtime
-from notifier.status import FinalState, ReceiptResult
+from notifier.status_store import FinalState, ReceiptResult
 from notifier.twilio_errors import describe
 
 __all__ = [

@@ -35,7 +35,7 @@ from notifier.receipts import (
     parse_receipt,
 )
 from notifier.runtime import Runtime
-from notifier.status import FinalState
+from notifier.status_store import FinalState
 from notifier.twilio_errors import describe, meaning
 from tests import samples
 from tests.conftest import make_settings

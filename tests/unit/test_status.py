@@ -24,7 +24,7 @@ from notifier.events import parse_event
 from notifier.pipeline import Job, deliver, handle_event, parse_job, replay, task_failed
 from notifier.planner import Delivery, plan
 from notifier.runtime import Runtime
-from notifier.status import MAX_DETAIL_CHARS, FinalState, StatusStore
+from notifier.status_store import MAX_DETAIL_CHARS, FinalState, StatusStore
 from tests import samples
 from tests.conftest import make_settings
 from tests.unit.round_trips import CountingRedis
@@ -555,3 +555,14 @@ def test_the_trace_json_is_the_models_dump(store: StatusStore) -> None:
     assert found is not None
     assert json.loads(found.model_dump_json()) == found.model_dump(mode="json")
     assert found.deliveries[0].timeline[0].at == "2026-12-01T10:00:00.001Z"
+
+
+def test_notifier_status_stays_the_function_after_the_store_module_is_imported() -> None:
+    import importlib
+
+    import notifier
+    from notifier.status_lookup import status
+
+    importlib.import_module("notifier.status_store")
+
+    assert notifier.status is status
