@@ -431,7 +431,9 @@ def run_job(
     sent = rt.status.transition_call(
         delivery,
         "sent",
-        detail=receipt.provider_id,
+        # The id is in provider_id; a Message-ID in the detail would be redacted
+        # as if it were an address (docs/status.md).
+        detail=f"accepted by {receipt.provider}",
         attempts=job.attempt,
         provider=receipt.provider,
         provider_id=receipt.provider_id,

@@ -359,7 +359,19 @@ def test_an_sms_is_queued_then_sent_with_its_provider_id() -> None:
 
     sms = w.event(event["event_id"])["deliveries"][2]
     assert (sms["state"], sms["provider_id"], sms["attempts"]) == ("sent", "SM1", 1)
-    assert sms["timeline"][-1]["detail"] == "SM1"
+    assert sms["timeline"][-1]["detail"] == "accepted by fake-twilio"
+
+
+def test_a_sent_emails_timeline_names_its_provider_not_its_message_id() -> None:
+    # A Message-ID looks like an address: in the detail it would come out redacted,
+    # unlike the same id in provider_id.
+    w = _worker()
+    event = samples.user_registered()
+
+    handle_event(event, w.rt)
+
+    (email,) = w.event(event["event_id"])["deliveries"]
+    assert email["timeline"][-1]["detail"] == f"accepted by {email['provider']}"
 
 
 def test_a_retry_is_recorded_retrying_with_its_error() -> None:
