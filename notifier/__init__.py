@@ -31,10 +31,7 @@ if TYPE_CHECKING:
         event_json_schema,
         parse_event,
     )
-
-    # For type checkers: at run time notifier.status is the callable module
-    # notifier/status.py, which answers with this function.
-    from notifier.status_lookup import status as status
+    from notifier.status_lookup import status
 
 # Imported on first use (PEP 562): the client pulls in Celery and kombu, and the
 # events pydantic, which the ``notifier`` command mostly does not need; its
@@ -54,15 +51,13 @@ _LAZY = {
     "UserRegistered": "notifier.events",
     "event_json_schema": "notifier.events",
     "parse_event": "notifier.events",
+    # The store is notifier/status_store.py, so that no submodule named
+    # ``status`` ever replaces this function on the package (docs/DESIGN.md §9).
+    "status": "notifier.status_lookup",
 }
 
 
 def __getattr__(name: str) -> Any:
-    if name == "status":
-        # notifier/status.py is callable: notifier.status(event_id) (docs/DESIGN.md §9).
-        import importlib
-
-        return importlib.import_module("notifier.status")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'notifier' has no attribute {name!r}")

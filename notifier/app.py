@@ -36,7 +36,17 @@ from kombu.exceptions import OperationalError
 from vine import promise
 
 import celeryconfig
-from notifier import batch, callbacks, console_bulk, dlq_retention, keys, metrics, outage, pipeline
+from notifier import (
+    batch,
+    callbacks,
+    console_bulk,
+    dlq_retention,
+    keys,
+    metrics,
+    outage,
+    pipeline,
+    receipt_sweep,
+)
 from notifier.errors import NotifierError, PublishError
 from notifier.jobs import CallbackJob, Job
 from notifier.logs import configure_logging, get_logger, route_stdlib_logging
@@ -315,6 +325,24 @@ class RetentionStep(bootsteps.StartStopStep):
     terminate = stop
 
 
+class ReceiptSweepStep(bootsteps.StartStopStep):
+    """The worker's receipt sweep (``notifier.receipt_sweep``), as the watch."""
+
+    requires = ("celery.worker.components:Pool",)
+
+    def start(self, parent: Any) -> None:
+        app = parent.app
+        if isinstance(app, NotifierCelery):
+            self.obj = receipt_sweep.start_receipt_sweep(app.runtime)
+
+    def stop(self, parent: Any) -> None:
+        job, self.obj = self.obj, None
+        if job is not None:
+            job.stop()
+
+    terminate = stop
+
+
 class NotifierCelery(Celery):
     """A Celery app that carries notifier's settings and its per-process Runtime."""
 
@@ -360,6 +388,7 @@ def create_app(settings: Settings) -> NotifierCelery:
     app.conf.worker_consumer = f"{__name__}:NotifierConsumer"
     app.steps["worker"].add(OutageWatchStep)
     app.steps["worker"].add(RetentionStep)
+    app.steps["worker"].add(ReceiptSweepStep)
 
     # shared=False: otherwise Celery copies these closures into every app made
     # later in the process (tests make one per test), bound to the wrong settings.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from notifier.status import FinalState
+from notifier.status_store import FinalState
 from notifier.truncation import truncate
 
 __all__ = ["CallbackPayload", "payload_from"]

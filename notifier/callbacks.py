@@ -35,7 +35,7 @@ from notifier.deadletter_entries import AttemptRecord
 from notifier.errors import ConfigurationError, NotifierError, PublishError, TransientError
 from notifier.jobs import CallbackJob, CallbackQueue
 from notifier.logs import get_logger
-from notifier.status import FinalState
+from notifier.status_store import FinalState
 from notifier.timestamps import iso_utc
 from notifier.truncation import truncate
 

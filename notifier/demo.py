@@ -33,7 +33,7 @@ from notifier.logs import configure_logging
 from notifier.planner import Delivery, plan
 from notifier.redis_clients import redis_client
 from notifier.settings import Settings, get_settings
-from notifier.status import StatusStore
+from notifier.status_store import StatusStore
 from notifier.testing import (
     EmbeddedRedis,
     SmtpSink,

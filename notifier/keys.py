@@ -28,6 +28,9 @@ __all__ = [
     "MAX_BATCH_EVENTS",
     "PREFIX",
     "QUEUES",
+    "RECEIPTS_PENDING",
+    "RECEIPTS_PENDING_CODES",
+    "RECEIPT_SWEEP_LOCK",
     "REPLAY_GRANT_TTL",
     "SMS_QUEUE",
     "STATS_OUTCOMES_TTL",
@@ -182,6 +185,17 @@ def status_sid(provider_id: str) -> str:
 def status_replays(delivery_id: str) -> str:
     """A counter of the resends of an undelivered SMS (``<id>:r<n>``); expires."""
     return f"{STATUS_PREFIX}replays:{delivery_id}"
+
+
+RECEIPTS_PENDING = f"{PREFIX}receipt:pending"
+"""Sorted set of MessageSids whose undelivered receipt's follow-up is not known done,
+scored by when the receipt first came (epoch seconds): the receipt sweep's work list."""
+
+RECEIPTS_PENDING_CODES = f"{PREFIX}receipt:pending:codes"
+"""Hash, MessageSid → the pending receipt's Twilio ErrorCode ("" without one)."""
+
+RECEIPT_SWEEP_LOCK = f"{PREFIX}receipt:sweep:lock"
+"""Held (with a lease) by the one worker host finishing cut-short receipt follow-ups."""
 
 
 def receipt_follow_up(delivery_id: str) -> str:

@@ -14,7 +14,7 @@ The only duplicate window left is a crash between the provider accepting a
 message and ``mark_sent`` (docs/guarantees.md).
 
 ``claim``, ``mark_sent`` and ``release`` take ``riders``: other scripts' calls
-(the delivery status, ``notifier.status``) sent in the same round trip, so that
+(the delivery status, ``notifier.status_store``) sent in the same round trip, so that
 recording what happened costs the happy path no round trip (docs/status.md).
 """
 

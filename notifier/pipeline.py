@@ -47,7 +47,7 @@ from notifier.logs import get_logger
 from notifier.planner import Delivery, plan, sms_fallback
 from notifier.runtime import Runtime
 from notifier.script_calls import ScriptCall
-from notifier.status import DeliveryState, FinalState, clean_detail, ignore_final
+from notifier.status_store import DeliveryState, FinalState, clean_detail, ignore_final
 from notifier.timestamps import iso_utc
 
 __all__ = [
@@ -431,7 +431,9 @@ def run_job(
     sent = rt.status.transition_call(
         delivery,
         "sent",
-        detail=receipt.provider_id,
+        # The id is in provider_id; a Message-ID in the detail would be redacted
+        # as if it were an address (docs/status.md).
+        detail=f"accepted by {receipt.provider}",
         attempts=job.attempt,
         provider=receipt.provider,
         provider_id=receipt.provider_id,

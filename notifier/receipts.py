@@ -37,7 +37,7 @@ from notifier.jobs import Job
 from notifier.logs import get_logger
 from notifier.planner import Delivery, sms_fallback
 from notifier.runtime import Runtime
-from notifier.status import FinalState, ReceiptResult
+from notifier.status_store import FinalState, ReceiptResult
 from notifier.twilio_errors import describe
 
 __all__ = [
@@ -136,9 +136,14 @@ def apply_receipt(receipt: TwilioReceipt, rt: Runtime) -> ReceiptResult:
 
     A detail-only status is written as a ``sent`` timeline entry carrying it:
     the SID is known only once the SMS was recorded ``sent``, so it never
-    moves the state (docs/DESIGN.md §10, ranks).
+    moves the state (docs/DESIGN.md §10, ranks). An undelivered receipt is
+    first put on the sweep's list (``notifier.receipt_sweep``) and taken off
+    once its follow-up is known done: a web process that dies part way leaves
+    it there, and a worker finishes it even if Twilio never calls again.
     """
     log = get_logger()
+    if receipt.state == "undelivered":
+        _remember(receipt, rt)
     result = rt.status.receipt(receipt.message_sid, receipt.state or "sent", receipt.detail)
     delivery = result.delivery
     if delivery is None:
@@ -147,6 +152,8 @@ def apply_receipt(receipt: TwilioReceipt, rt: Runtime) -> ReceiptResult:
             provider_id=receipt.message_sid,
             message_status=receipt.message_status,
         )
+        if receipt.state == "undelivered":
+            _forget(receipt, rt)
         return result
     log.info(
         "receipt.recorded",
@@ -159,21 +166,43 @@ def apply_receipt(receipt: TwilioReceipt, rt: Runtime) -> ReceiptResult:
         became_final=result.became_final,
     )
     if result.state == "undelivered" and receipt.state == "undelivered":
-        due = result.became_final or not _followed_up(delivery, rt)
-        if due and _lease(delivery, rt):
+        done = not result.became_final and _followed_up(delivery, rt)
+        if not done and _lease(delivery, rt):
             try:
                 # Looked at again under the lease: another receipt may have
                 # finished it between the look above and the lease.
                 if not _followed_up(delivery, rt):
                     _undelivered(delivery, receipt, rt)
+                done = True
             finally:
                 # Done (the mark is written) or failed part way (an error goes
-                # back to Twilio as a 5xx, and its retry may take it up again).
+                # back to Twilio as a 5xx, and its retry, or the sweep, takes it up).
                 rt.redis.delete(keys.receipt_follow_up(delivery.delivery_id))
+        if done:
+            _forget(receipt, rt)
+    elif receipt.state == "undelivered":
+        # Delivered won first (docs/DESIGN.md §10): nothing to follow up.
+        _forget(receipt, rt)
     elif result.state == "delivered" and result.became_final:
         rt.metrics.record_delivery("sms", delivery.event_type, "delivered")
         _final(delivery, "delivered", receipt, None, rt)
     return result
+
+
+def _remember(receipt: TwilioReceipt, rt: Runtime) -> None:
+    """Put the receipt on the sweep's list, keeping when it first came (NX)."""
+    code = "" if receipt.error_code is None else str(receipt.error_code)
+    with rt.redis.pipeline(transaction=True) as pipe:
+        pipe.zadd(keys.RECEIPTS_PENDING, {receipt.message_sid: rt.clock().timestamp()}, nx=True)
+        pipe.hset(keys.RECEIPTS_PENDING_CODES, receipt.message_sid, code)
+        pipe.execute()
+
+
+def _forget(receipt: TwilioReceipt, rt: Runtime) -> None:
+    with rt.redis.pipeline(transaction=True) as pipe:
+        pipe.zrem(keys.RECEIPTS_PENDING, receipt.message_sid)
+        pipe.hdel(keys.RECEIPTS_PENDING_CODES, receipt.message_sid)
+        pipe.execute()
 
 
 def _followed_up(delivery: Delivery, rt: Runtime) -> bool:

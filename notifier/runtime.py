@@ -41,7 +41,7 @@ from notifier.ratelimit import RecipientLimiter, Throttle, parse_rate_limits
 from notifier.redis_clients import redis_client
 from notifier.retry import RetryPolicy
 from notifier.settings import Settings
-from notifier.status import FinalStateSink, StatusStore, ignore_final
+from notifier.status_store import FinalStateSink, StatusStore, ignore_final
 from notifier.templates import Renderer
 
 __all__ = ["Mailer", "MetricsRecorder", "Runtime", "SmsSender"]

@@ -1,6 +1,6 @@
 """A Lua script call that can ride another write's round trip.
 
-The status writes (``notifier.status``) must not cost the happy path a Redis round
+The status writes (``notifier.status_store``) must not cost the happy path a Redis round
 trip (docs/status.md): they go in the same pipeline as the ledger's claim and
 ``sent`` marker. redis-py's own ``Script`` in a pipeline first sends ``SCRIPT
 EXISTS`` on every ``execute`` (a round trip of its own), so a ``ScriptCall`` is

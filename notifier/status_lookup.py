@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from notifier.status import EventStatus, StatusStore
+from notifier.status_store import EventStatus, StatusStore
 
 __all__ = ["status"]
 

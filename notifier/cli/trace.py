@@ -16,7 +16,7 @@ import typer
 from notifier.cli import output
 
 if TYPE_CHECKING:
-    from notifier.status import EventStatus
+    from notifier.status_store import EventStatus
 
 __all__ = ["render", "trace"]
 
@@ -39,7 +39,7 @@ def trace(
 
     from notifier.redis_clients import redis_client
     from notifier.settings import get_settings
-    from notifier.status import StatusStore
+    from notifier.status_store import StatusStore
 
     settings = get_settings()
     client = redis_client(settings)

@@ -23,7 +23,7 @@ from notifier.health import Check
 from notifier.logs import get_logger
 from notifier.receipts import TWILIO_STATUSES, TwilioReceipt
 from notifier.settings import Settings
-from notifier.status import EventStatus
+from notifier.status_store import EventStatus
 from notifier.web.access import AccessLog
 from notifier.web.auth import require_api_key
 from notifier.web.console import ConsolePorts, console_router
@@ -34,7 +34,7 @@ __all__ = ["EventLookup", "WebParts", "create_app"]
 
 
 class EventLookup(Protocol):
-    """Reads an event's status (``notifier.status.StatusStore`` in production)."""
+    """Reads an event's status (``notifier.status_store.StatusStore`` in production)."""
 
     def event(self, event_id: str) -> EventStatus | None:
         """The event's trace shape; None for an unknown (or expired) id."""

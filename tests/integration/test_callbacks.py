@@ -28,7 +28,7 @@ from notifier.client import publish
 from notifier.deadletter import DeadLetter, DeadLetterStore
 from notifier.metrics import ProcessRecorder
 from notifier.settings import Settings
-from notifier.status import FinalState
+from notifier.status_store import FinalState
 from notifier.testing import SmtpSink, WorkerProcess, make_settings
 from tests import samples
 from tests.callback_endpoint import CallbackEndpoint

@@ -17,7 +17,7 @@ from notifier.events import parse_event
 from notifier.planner import plan
 from notifier.redis_clients import redis_client
 from notifier.settings import Settings
-from notifier.status import StatusStore
+from notifier.status_store import StatusStore
 from notifier.testing import SmtpSink, TwilioStandIn
 from tests import samples
 from tests.polling import eventually

@@ -43,7 +43,7 @@ from notifier.errors import ConfigurationError, PublishError, TransientError
 from notifier.jobs import CallbackJob, Job
 from notifier.pipeline import replay_many, task_failed
 from notifier.runtime import Runtime
-from notifier.status import FinalState
+from notifier.status_store import FinalState
 from tests.callback_endpoint import CallbackEndpoint
 from tests.conftest import make_settings
 

@@ -584,7 +584,7 @@ def test_trace_prints_a_hostile_event_type_and_reasons_inert(
     runner: CliRunner, dead_letters: DeadLetterStore
 ) -> None:
     from notifier.redis_clients import redis_client
-    from notifier.status import StatusStore
+    from notifier.status_store import StatusStore
 
     store = StatusStore(redis_client(make_settings()), ttl=60)
     store.reject("evt-hostile", HOSTILE_TYPE, [f"type: unknown type {HOSTILE_TYPE}"], "dl-1")

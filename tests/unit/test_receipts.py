@@ -25,9 +25,12 @@ from notifier.deadlines import Deadline
 from notifier.errors import PublishError
 from notifier.events import parse_event
 from notifier.jobs import Job
+from notifier.periodic import LeaseLock
 from notifier.pipeline import run_job
 from notifier.planner import Delivery, plan, sms_fallback
+from notifier.receipt_sweep import ReceiptSweep
 from notifier.receipts import (
+    FOLLOW_UP_LEASE,
     InvalidReceiptError,
     TwilioReceipt,
     apply_receipt,
@@ -35,7 +38,7 @@ from notifier.receipts import (
     parse_receipt,
 )
 from notifier.runtime import Runtime
-from notifier.status import FinalState
+from notifier.status_store import FinalState
 from notifier.twilio_errors import describe, meaning
 from tests import samples
 from tests.conftest import make_settings
@@ -307,4 +310,61 @@ def test_a_receipt_holding_the_lease_keeps_a_second_one_out(world: World) -> Non
     world.rt.redis.set(keys.receipt_follow_up(delivery.delivery_id), "1")
     apply_receipt(TwilioReceipt(sid, "undelivered", 30003), world.rt)
     assert world.scheduler.scheduled == []
+    assert world.dead_letters() == []
+
+
+# --- the sweep: a follow-up cut short and never called for again --------------------
+
+
+def _sweep(world: World, wait: float = 0.0) -> ReceiptSweep:
+    lock = LeaseLock(world.rt.redis, keys.RECEIPT_SWEEP_LOCK, 61)
+    return ReceiptSweep(world.rt, lock, wait=wait)
+
+
+def test_a_follow_up_cut_short_with_no_later_receipt_is_finished_by_the_sweep(
+    world: World,
+) -> None:
+    # The web process fails part way (here: the broker refuses the fallback) and
+    # Twilio, answered or not, never calls again: the worker's sweep finishes it.
+    delivery, sid = world.send_sms()
+    world.scheduler.failures.append(PublishError("broker did not accept the job"))
+    with pytest.raises(PublishError):
+        apply_receipt(TwilioReceipt(sid, "undelivered", 30005), world.rt)
+    assert world.dead_letters() == []
+
+    assert _sweep(world).tick() == 1
+
+    (fallback,) = world.scheduler.scheduled
+    assert fallback.delivery.fallback_for == delivery.delivery_id
+    (letter,) = world.dead_letters()
+    assert letter.error == describe(30005)
+    assert world.state(delivery).dead_letter_id == letter.id
+    assert world.rt.redis.zcard(keys.RECEIPTS_PENDING) == 0
+
+
+def test_a_finished_follow_up_leaves_nothing_for_the_sweep(world: World) -> None:
+    _, sid = world.send_sms()
+    apply_receipt(TwilioReceipt(sid, "undelivered", 30003), world.rt)
+
+    assert world.rt.redis.zcard(keys.RECEIPTS_PENDING) == 0
+    assert _sweep(world).tick() == 0
+    assert len(world.scheduler.scheduled) == 1
+
+
+def test_the_sweep_leaves_a_receipt_to_its_process_for_the_lease(world: World) -> None:
+    _, sid = world.send_sms()
+    world.scheduler.failures.append(PublishError("broker did not accept the job"))
+    with pytest.raises(PublishError):
+        apply_receipt(TwilioReceipt(sid, "undelivered", 30003), world.rt)
+
+    assert _sweep(world, wait=FOLLOW_UP_LEASE).tick() == 0
+    assert world.dead_letters() == []
+
+
+def test_an_undelivered_receipt_after_delivered_is_not_left_for_the_sweep(world: World) -> None:
+    _, sid = world.send_sms()
+    apply_receipt(TwilioReceipt(sid, "delivered"), world.rt)
+    apply_receipt(TwilioReceipt(sid, "undelivered", 30003), world.rt)
+
+    assert world.rt.redis.zcard(keys.RECEIPTS_PENDING) == 0
     assert world.dead_letters() == []

@@ -24,7 +24,7 @@ from notifier.events import parse_event
 from notifier.pipeline import Job, deliver, handle_event, parse_job, replay, task_failed
 from notifier.planner import Delivery, plan
 from notifier.runtime import Runtime
-from notifier.status import MAX_DETAIL_CHARS, FinalState, StatusStore
+from notifier.status_store import MAX_DETAIL_CHARS, FinalState, StatusStore
 from tests import samples
 from tests.conftest import make_settings
 from tests.unit.round_trips import CountingRedis
@@ -359,7 +359,19 @@ def test_an_sms_is_queued_then_sent_with_its_provider_id() -> None:
 
     sms = w.event(event["event_id"])["deliveries"][2]
     assert (sms["state"], sms["provider_id"], sms["attempts"]) == ("sent", "SM1", 1)
-    assert sms["timeline"][-1]["detail"] == "SM1"
+    assert sms["timeline"][-1]["detail"] == "accepted by fake-twilio"
+
+
+def test_a_sent_emails_timeline_names_its_provider_not_its_message_id() -> None:
+    # A Message-ID looks like an address: in the detail it would come out redacted,
+    # unlike the same id in provider_id.
+    w = _worker()
+    event = samples.user_registered()
+
+    handle_event(event, w.rt)
+
+    (email,) = w.event(event["event_id"])["deliveries"]
+    assert email["timeline"][-1]["detail"] == f"accepted by {email['provider']}"
 
 
 def test_a_retry_is_recorded_retrying_with_its_error() -> None:
@@ -555,3 +567,14 @@ def test_the_trace_json_is_the_models_dump(store: StatusStore) -> None:
     assert found is not None
     assert json.loads(found.model_dump_json()) == found.model_dump(mode="json")
     assert found.deliveries[0].timeline[0].at == "2026-12-01T10:00:00.001Z"
+
+
+def test_notifier_status_stays_the_function_after_the_store_module_is_imported() -> None:
+    import importlib
+
+    import notifier
+    from notifier.status_lookup import status
+
+    importlib.import_module("notifier.status_store")
+
+    assert notifier.status is status

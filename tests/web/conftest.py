@@ -12,7 +12,7 @@ from pydantic import SecretStr
 from notifier.health import Check
 from notifier.receipts import TwilioReceipt
 from notifier.settings import Settings
-from notifier.status import EventStatus
+from notifier.status_store import EventStatus
 from notifier.web.app import WebParts, create_app
 from notifier.web.server import ServerThread
 from tests.conftest import make_settings

@@ -14,7 +14,7 @@ from pydantic import SecretStr
 
 from notifier.console_bulk import Action, BulkJob
 from notifier.deadletter import BatchReplayer, DeadLetterStore, Filter
-from notifier.status import EventStatus
+from notifier.status_store import EventStatus
 
 __all__ = ["ConsolePorts", "MinuteOutcomes"]
 

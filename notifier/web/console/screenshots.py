@@ -26,7 +26,7 @@ from notifier.demo import demo_events
 from notifier.errors import NotifierError
 from notifier.events import parse_event
 from notifier.planner import Delivery, plan
-from notifier.status import EventStatus
+from notifier.status_store import EventStatus
 from notifier.web.console.ports import ConsolePorts, MinuteOutcomes
 
 if TYPE_CHECKING:

@@ -32,8 +32,6 @@ final state wins. Every write happens in one Lua call, so concurrent writers
 from __future__ import annotations
 
 import json
-import sys
-import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -611,20 +609,3 @@ def _event(
         dead_letter_id=fields.get("dead_letter_id") or None,
         deliveries=[delivery for delivery, _ in deliveries],
     )
-
-
-class _StatusModule(types.ModuleType):
-    """This module, callable: ``notifier.status(event_id)`` (docs/DESIGN.md §9).
-
-    The contract's function and this module share a name, and importing a
-    submodule sets it on its package (``notifier.status`` becomes the module), so
-    the module itself answers the call (``notifier.status_lookup``).
-    """
-
-    def __call__(self, event_id: str) -> EventStatus | None:
-        from notifier.status_lookup import status
-
-        return status(event_id)
-
-
-sys.modules[__name__].__class__ = _StatusModule
