@@ -96,10 +96,13 @@ def console_router(ports: ConsolePorts, prefix: str = "/console") -> APIRouter:
     pages = Pages(prefix)
     router = APIRouter(prefix=prefix, route_class=_route_class(pages), include_in_schema=False)
 
-    def signing_key() -> bytes:
+    def api_key() -> str:
         if ports.api_key is None:
             raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, API_KEY_NOT_CONFIGURED)
-        return sessions.signing_key(ports.api_key.get_secret_value())
+        return ports.api_key.get_secret_value()
+
+    def signing_key() -> bytes:
+        return sessions.signing_key(api_key())
 
     def visit(request: Request) -> Visit:
         key = signing_key()
@@ -161,8 +164,7 @@ def console_router(ports: ConsolePorts, prefix: str = "/console") -> APIRouter:
         nonce = request.cookies.get(sessions.LOGIN_COOKIE)
         if not nonce or not sessions.csrf_matches(key, nonce, form.first("csrf") or None):
             raise HTTPException(status.HTTP_403_FORBIDDEN, "missing or wrong CSRF token")
-        assert ports.api_key is not None  # signing_key() answered 503 otherwise
-        if not sessions.key_matches(form.first("api_key"), ports.api_key.get_secret_value()):
+        if not sessions.key_matches(form.first("api_key"), api_key()):
             return login_form(request, "That is not the API key.", status.HTTP_401_UNAUTHORIZED)
         _, cookie = sessions.issue(key, ports.clock())
         response = RedirectResponse(f"{prefix}/", status.HTTP_303_SEE_OTHER)
