@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint typecheck check bench dlq-bench soak recovery outage-hold clean
+.PHONY: demo test test-fast lint typecheck check bench dlq-bench soak recovery outage-hold screenshots clean
 
 # The extra testing brings the demo's SMTP sink and embedded Redis (dev includes it too).
 $(STAMP): pyproject.toml
@@ -57,6 +57,11 @@ recovery: $(STAMP)
 # Issue 14 item 5: a 10-minute SMTP outage under a steady stream, scaled 1:30.
 outage-hold: $(STAMP)
 	$(BIN)/python -m tests.reliability.outage --outage 20 --rate 20 --sink-delay 0.002 --recovery-bound 4
+
+# The console's pages as PNGs in docs/console/ (a demo store in memory; Debian's
+# headless chromium and chromedriver, never a downloaded browser): docs/console.md.
+screenshots: $(STAMP)
+	$(BIN)/python -m notifier.web.console.screenshots --out docs/console
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

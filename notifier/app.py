@@ -39,6 +39,7 @@ import celeryconfig
 from notifier import (
     batch,
     callbacks,
+    console_bulk,
     dlq_retention,
     keys,
     metrics,
@@ -54,7 +55,7 @@ from notifier.runtime import Runtime
 from notifier.settings import Settings
 from notifier.transport import RejectedEntry
 
-__all__ = ["CeleryScheduler", "NotifierCelery", "create_app"]
+__all__ = ["CeleryScheduler", "NotifierCelery", "create_app", "publish_bulk"]
 
 
 _logger = logging.getLogger(__name__)
@@ -446,8 +447,28 @@ def create_app(settings: Settings) -> NotifierCelery:
             return
         callbacks.run(args[0], app.runtime)
 
+    @app.task(name=keys.CONSOLE_BULK_TASK, shared=False)
+    def bulk(job_id: str) -> None:
+        """A console bulk action over a filter, for half a time limit; then again until done."""
+        rt = app.runtime
+        soft_limit, _ = app.settings.task_time_limits
+        console_bulk.run_slice(
+            job_id,
+            console_bulk.BulkJobs(rt.redis),
+            rt.dead_letters,
+            lambda taken: pipeline.replay_many(taken, rt),
+            lambda next_job: publish_bulk(app, next_job),
+            budget=soft_limit / 2,
+        )
+
     _apps.add(app)
     return app
+
+
+def publish_bulk(app: Celery, job_id: str) -> None:
+    """Publish the console's bulk task for a job (``notifier.console_bulk``)."""
+    with _broker_errors():
+        app.send_task(keys.CONSOLE_BULK_TASK, args=[job_id], queue=keys.EMAIL_QUEUE)
 
 
 def _reject_queue_entry(app: NotifierCelery, entry: RejectedEntry) -> None:

@@ -197,6 +197,8 @@ class Filter:
     since: datetime | None = None
     until: datetime | None = None
     """Failed at or before this time (``--until``, for paging back through time)."""
+    fingerprint: str | None = None
+    """Errors of one shape (the console's groups link here; its own index answers it)."""
 
     def matches(self, entry: Entry) -> bool:
         """Whether ``entry`` meets every criterion given."""
@@ -207,6 +209,8 @@ class Filter:
         if self.status and entry.status != self.status:
             return False
         if self.error and self.error.lower() not in entry.error.lower():
+            return False
+        if self.fingerprint and entry.fingerprint != self.fingerprint:
             return False
         if self.since is None and self.until is None:
             return True
@@ -219,7 +223,12 @@ class Filter:
 
     def facets(self) -> dict[str, str]:
         """The criteria a secondary index answers: facet name → value."""
-        given = {"status": self.status, "channel": self.channel, "type": self.event_type}
+        given = {
+            "status": self.status,
+            "channel": self.channel,
+            "type": self.event_type,
+            "fingerprint": self.fingerprint,
+        }
         return {name: value for name, value in given.items() if value}
 
     def scores(self) -> tuple[float, float]:

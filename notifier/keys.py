@@ -9,6 +9,8 @@ from __future__ import annotations
 __all__ = [
     "CALLBACKS_QUEUE",
     "CALLBACK_TASK",
+    "CONSOLE_BULK_TASK",
+    "CONSOLE_BULK_TTL",
     "DELIVER_TASK",
     "DLQ_BY_PREFIX",
     "DLQ_COUNTS",
@@ -37,6 +39,7 @@ __all__ = [
     "TRANSPORT_REJECTED_LOCK",
     "TRANSPORT_REJECTED_SEQ",
     "circuit",
+    "console_bulk",
     "dlq_entry",
     "ledger",
     "rate_limit",
@@ -68,6 +71,8 @@ HANDLE_EVENTS_TASK = "notifier.handle_events"
 """The bulk path: one positional argument, a JSON array of events (docs/DESIGN.md §10)."""
 MAX_BATCH_EVENTS = 100
 """The most events one ``notifier.handle_events`` message may carry."""
+# The console's bulk actions over a filter (docs/DESIGN.md §10): on notifier.email.
+CONSOLE_BULK_TASK = "notifier.console_bulk"
 
 
 def ledger(delivery_id: str) -> str:
@@ -196,3 +201,12 @@ RECEIPT_SWEEP_LOCK = f"{PREFIX}receipt:sweep:lock"
 def receipt_follow_up(delivery_id: str) -> str:
     """A short lease: which receipt does an undelivered SMS's follow-up (notifier.receipts)."""
     return f"{PREFIX}receipt:follow-up:{delivery_id}"
+
+
+def console_bulk(job_id: str) -> str:
+    """One console bulk action (replay or purge over a filter): its JSON record and progress."""
+    return f"{PREFIX}console:bulk:{job_id}"
+
+
+CONSOLE_BULK_TTL = 7 * 24 * 3600
+"""Seconds a bulk action's record is kept after its last progress write."""

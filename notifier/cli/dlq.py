@@ -9,14 +9,14 @@ output goes through ``notifier.cli.output``: stored text is printed inert.
 
 from __future__ import annotations
 
-import re
 import sys
 from collections.abc import Iterable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Annotated
 
 import typer
 
+from notifier import when
 from notifier.cli import output
 from notifier.cli.progress import ProgressLine
 from notifier.deadletter import (
@@ -36,23 +36,13 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-_DURATION = re.compile(r"^(\d+)([smhd])$")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
-
 
 def parse_when(value: str, now: datetime | None = None) -> datetime:
     """ISO 8601 ('2026-11-26T10:00Z', '2026-11-26') or a duration ago ('30m', '2h', '1d')."""
-    match = _DURATION.match(value.strip())
-    if match:
-        amount, unit = match.groups()
-        return (now or datetime.now(UTC)) - timedelta(**{_UNITS[unit]: int(amount)})
     try:
-        moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise typer.BadParameter(
-            f"{value!r} is neither ISO 8601 nor a duration like 30m, 2h, 1d"
-        ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        return when.parse_when(value, now)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 def _store() -> DeadLetterStore:

@@ -26,7 +26,7 @@ from notifier.logs import get_logger
 from notifier.metrics.instruments import channel_label
 from notifier.redis_clients import reply_text
 
-__all__ = ["RecentOutcomes", "recent_outcomes"]
+__all__ = ["RecentOutcomes", "outcomes_per_minute", "recent_outcomes"]
 
 _MAX_PENDING = 5_000
 
@@ -148,3 +148,26 @@ def recent_outcomes(
             channel, _, outcome = reply_text(name).partition(":")
             totals[channel][outcome] += int(count)
     return {channel: dict(sorted(counts.items())) for channel, counts in sorted(totals.items())}
+
+
+def outcomes_per_minute(
+    client: redis.Redis, *, minutes: int = 60, now: float | None = None
+) -> list[tuple[int, dict[str, int]]]:
+    """The last ``minutes`` minutes, oldest first: (minute, outcome → count over channels).
+
+    Minutes are epoch seconds // 60; a minute with nothing has an empty dict.
+    The console's chart reads this (``notifier.web.console.chart``).
+    """
+    current = int((time.time() if now is None else now) // 60)
+    span = range(current - minutes + 1, current + 1)
+    with client.pipeline(transaction=False) as pipe:
+        for minute in span:
+            pipe.hgetall(keys.stats_outcomes(minute))
+        buckets: list[dict[bytes | str, bytes | str]] = pipe.execute()
+    series: list[tuple[int, dict[str, int]]] = []
+    for minute, bucket in zip(span, buckets, strict=True):
+        counts: collections.Counter[str] = collections.Counter()
+        for name, count in bucket.items():
+            counts[reply_text(name).partition(":")[2]] += int(count)
+        series.append((minute, dict(sorted(counts.items()))))
+    return series

@@ -26,6 +26,7 @@ from notifier.settings import Settings
 from notifier.status_store import EventStatus
 from notifier.web.access import AccessLog
 from notifier.web.auth import require_api_key
+from notifier.web.console import ConsolePorts, console_router
 from notifier.web.limits import BodyLimit
 from notifier.web.twilio_callback import answer_callback
 
@@ -49,6 +50,8 @@ class WebParts:
     """The checks behind /healthz (Redis: ``notifier.health.check_redis``)."""
     apply_receipt: Callable[[TwilioReceipt], object]
     """Records one validated Twilio receipt (``notifier.receipts``)."""
+    console: ConsolePorts | None = None
+    """The operators' console at ``/console/`` (``notifier.web.console``); None: not served."""
 
 
 def _detail(description: str) -> dict[str, Any]:
@@ -164,4 +167,6 @@ def create_app(parts: WebParts) -> FastAPI:
         )
         return JSONResponse({"detail": detail}, code)
 
+    if parts.console is not None:
+        app.include_router(console_router(parts.console))
     return app

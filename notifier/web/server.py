@@ -26,6 +26,7 @@ from notifier.redis_clients import quick_redis
 from notifier.runtime import Runtime
 from notifier.settings import Settings
 from notifier.web.app import WebParts, create_app
+from notifier.web.console.wiring import production_ports
 
 __all__ = ["ServerThread", "check_bind", "production_parts", "serve", "uvicorn_config"]
 
@@ -73,7 +74,13 @@ def production_parts(settings: Settings) -> tuple[WebParts, Callable[[], None]]:
         app.close_runtime()
 
     receipts: Callable[[TwilioReceipt], object] = partial(apply_receipt, rt=rt)
-    parts = WebParts(settings=settings, status=rt.status, health=health, apply_receipt=receipts)
+    parts = WebParts(
+        settings=settings,
+        status=rt.status,
+        health=health,
+        apply_receipt=receipts,
+        console=production_ports(settings, app),
+    )
     return parts, close
 
 
