@@ -31,7 +31,7 @@ import redis
 from notifier import keys
 from notifier.channels import Receipt
 from notifier.redis_clients import reply_text
-from notifier.script_calls import ScriptCall, settle
+from notifier.script_calls import Combiner, ScriptCall
 
 __all__ = ["Claim", "ClaimState", "Ledger"]
 
@@ -48,6 +48,11 @@ if current then
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return {false, 0}
+"""
+
+_MARK_SENT = """
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1
 """
 
 _RELEASE = """
@@ -74,7 +79,7 @@ class Claim:
     token: str = ""
     retry_after: float = 0.0
     riders: tuple[Any, ...] = ()
-    """The replies of the calls that rode the claim (``notifier.script_calls.settle``)."""
+    """The replies of the calls that rode the claim (``notifier.script_calls.Combiner``)."""
 
 
 class Ledger:
@@ -88,6 +93,8 @@ class Ledger:
         self.lease = lease
         self._claim = client.register_script(_CLAIM)
         self._release = client.register_script(_RELEASE)
+        self._mark_sent = client.register_script(_MARK_SENT)
+        self._combiner = Combiner(client)
 
     def claim(self, delivery_id: str, riders: Sequence[ScriptCall] = ()) -> Claim:
         """Try to take the delivery for sending (``riders`` in the same round trip)."""
@@ -112,14 +119,8 @@ class Ledger:
         if not riders:
             self._redis.set(keys.ledger(delivery_id), value, ex=self.ttl)
             return ()
-        with self._redis.pipeline(transaction=False) as pipe:
-            pipe.set(keys.ledger(delivery_id), value, ex=self.ttl)
-            for rider in riders:
-                rider.queue(pipe)
-            replies = pipe.execute(raise_on_error=False)
-        if isinstance(replies[0], Exception):
-            raise replies[0]
-        return tuple(settle(r, reply) for r, reply in zip(riders, replies[1:], strict=True))
+        call = ScriptCall(self._mark_sent, (keys.ledger(delivery_id),), (value, self.ttl))
+        return self._with_riders(call, riders)[1]
 
     def release(
         self, delivery_id: str, claim: Claim, riders: Sequence[ScriptCall] = ()
@@ -132,17 +133,8 @@ class Ledger:
         self, call: ScriptCall, riders: Sequence[ScriptCall]
     ) -> tuple[Any, tuple[Any, ...]]:
         """The ledger's own call (its error raised) and the riders' replies, one round trip."""
-        if not riders:
-            return call.run(), ()
-        with self._redis.pipeline(transaction=False) as pipe:
-            call.queue(pipe)
-            for rider in riders:
-                rider.queue(pipe)
-            replies = pipe.execute(raise_on_error=False)
-        own = settle(call, replies[0])
-        if isinstance(own, Exception):
-            raise own
-        return own, tuple(settle(r, reply) for r, reply in zip(riders, replies[1:], strict=True))
+        own, replies = self._combiner.run(call, riders)
+        return own, replies
 
     def state(self, delivery_id: str) -> str | None:
         """The raw ledger value (``sent:...``, ``claim:...``) or None: for operators and tests."""
