@@ -33,7 +33,7 @@ from notifier.channels import Receipt
 from notifier.redis_clients import reply_text
 from notifier.script_calls import Combiner, ScriptCall
 
-__all__ = ["Claim", "ClaimState", "Ledger"]
+__all__ = ["Claim", "ClaimState", "Ledger", "SentMarker", "parse_sent"]
 
 # NOTIFIER_CLAIM_LEASE's default: the task time limits end before it, and the
 # settings check fits the slowest send inside them (notifier/budget.py).
@@ -61,6 +61,36 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+
+_FIELDS = "\x1f"
+"""Between a marker's id and the time and attempt that follow it: no provider id holds it
+(a Message-ID or a Twilio SID), so the part before it stays the provider and its id."""
+
+
+@dataclass(frozen=True, slots=True)
+class SentMarker:
+    """A ``sent`` marker read back: who accepted the delivery, when, on which attempt.
+
+    For email it is also the status record's ``sent`` (docs/status.md): writing the
+    marker, which the send needs anyway, is all the status costs the happy path.
+    """
+
+    provider: str
+    provider_id: str
+    at: str = ""
+    attempt: int = 0
+
+
+def parse_sent(value: str | None) -> SentMarker | None:
+    """The marker in a ledger value, or None for a claim, nothing, or another value."""
+    if not value or not value.startswith("sent:"):
+        return None
+    head, *rest = value[len("sent:") :].split(_FIELDS)
+    provider, _, provider_id = head.partition(":")
+    at = rest[0] if rest else ""
+    attempt = int(rest[1]) if len(rest) > 1 and rest[1].isdigit() else 0
+    return SentMarker(provider, provider_id, at, attempt)
 
 
 class ClaimState(Enum):
@@ -121,6 +151,23 @@ class Ledger:
             return ()
         call = ScriptCall(self._mark_sent, (keys.ledger(delivery_id),), (value, self.ttl))
         return self._with_riders(call, riders)[1]
+
+    def record_sent(self, delivery_id: str, receipt: Receipt, *, at: str, attempt: int) -> bool:
+        """``mark_sent`` carrying when and on which attempt; True if it was not sent before.
+
+        One ``SET … GET``: the reply is the value it replaced, so the first ``sent`` of a
+        delivery is told apart from a repeated one without another round trip.
+        """
+        value = f"sent:{receipt.provider}:{receipt.provider_id}{_FIELDS}{at}{_FIELDS}{attempt}"
+        before = self._redis.set(keys.ledger(delivery_id), value, ex=self.ttl, get=True)
+        return parse_sent(None if before is None else reply_text(before)) is None
+
+    def sent(self, delivery_ids: Sequence[str]) -> list[SentMarker | None]:
+        """The ``sent`` marker of each delivery (one round trip), None where there is none."""
+        if not delivery_ids:
+            return []
+        values = self._redis.mget([keys.ledger(d) for d in delivery_ids])
+        return [parse_sent(None if v is None else reply_text(v)) for v in values]
 
     def release(
         self, delivery_id: str, claim: Claim, riders: Sequence[ScriptCall] = ()

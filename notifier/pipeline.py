@@ -424,24 +424,15 @@ def run_job(
     except NotifierError as exc:
         rt.ledger.release(delivery.delivery_id, claim)
         return _failed(job, rt, exc, exempt=exempt)
-    # Email has no receipt: `sent` is final. An SMS's is too when no receipt was
-    # asked for (no NOTIFIER_PUBLIC_URL); otherwise Twilio's receipt ends it, found
-    # by its MessageSid (docs/DESIGN.md §10).
-    receipts = delivery.channel == "sms" and rt.settings.notifier_public_url is not None
-    sent = rt.status.transition_call(
-        delivery,
-        "sent",
-        # The id is in provider_id; a Message-ID in the detail would be redacted
-        # as if it were an address (docs/status.md).
-        detail=f"accepted by {receipt.provider}",
-        attempts=job.attempt,
-        provider=receipt.provider,
-        provider_id=receipt.provider_id,
-        sent_final=not receipts,
-        sid=receipts,
-    )
     try:
-        replies = rt.ledger.mark_sent(delivery.delivery_id, receipt, (sent,))
+        if delivery.channel == "email":
+            # Email has no receipt: `sent` is final, and its record is the ledger's
+            # marker itself, carrying when and on which attempt (docs/status.md).
+            first = rt.ledger.record_sent(
+                delivery.delivery_id, receipt, at=rt.status.now(), attempt=job.attempt
+            )
+        else:
+            first = _record_sms_sent(job, receipt, rt)
     except redis.RedisError as exc:
         # The provider took it, but the ledger could not record it (Redis full
         # or gone): this send will be repeated once the message comes back.
@@ -457,9 +448,34 @@ def run_job(
         )
         raise
     _log_outcome(rt, job, "sent", provider=receipt.provider, provider_id=receipt.provider_id)
-    if rt.status.became_final(replies[0]):
+    if first:
         _final(rt, delivery, "sent", provider_id=receipt.provider_id)
     return Outcome(delivery.delivery_id, "sent", receipt=receipt)
+
+
+def _record_sms_sent(job: Job, receipt: Receipt, rt: Runtime) -> bool:
+    """The ``sent`` marker and the SMS's status record; True if that made it final.
+
+    An SMS's ``sent`` is final only when no receipt was asked for (no
+    NOTIFIER_PUBLIC_URL); otherwise Twilio's receipt ends it, found by its
+    MessageSid (docs/DESIGN.md §10), which this write indexes.
+    """
+    delivery = job.delivery
+    receipts = rt.settings.notifier_public_url is not None
+    sent = rt.status.transition_call(
+        delivery,
+        "sent",
+        # The id is in provider_id; a detail that looked like an address would be
+        # redacted (docs/status.md).
+        detail=f"accepted by {receipt.provider}",
+        attempts=job.attempt,
+        provider=receipt.provider,
+        provider_id=receipt.provider_id,
+        sent_final=not receipts,
+        sid=receipts,
+    )
+    replies = rt.ledger.mark_sent(delivery.delivery_id, receipt, (sent,))
+    return rt.status.became_final(replies[0])
 
 
 def _with_leave(job: Job, exempt: bool, rt: Runtime) -> Job:

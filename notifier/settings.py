@@ -219,6 +219,13 @@ class Settings(BaseSettings):
                 f"time limit ({_seconds(limits.hard)} s, from NOTIFIER_CLAIM_LEASE)"
             )
         self._sends_fit(limits)
+        if self.notifier_status_ttl > self.notifier_ledger_ttl:
+            # An email's `sent` is read from its ledger marker (docs/status.md): a record
+            # outliving the marker would show a sent email as queued again.
+            raise ValueError(
+                "NOTIFIER_STATUS_TTL must not exceed NOTIFIER_LEDGER_TTL: an email's sent "
+                "state is read from the ledger's marker, which expires after the latter"
+            )
         if self.notifier_callback_url and not self.notifier_callback_secret:
             # Unsigned callbacks could be forged by anyone who finds the URL.
             raise ValueError(

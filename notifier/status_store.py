@@ -42,6 +42,7 @@ from pydantic import BaseModel, ConfigDict
 
 from notifier import keys
 from notifier.inert import inert
+from notifier.ledger import SentMarker, parse_sent
 from notifier.logs import get_logger
 from notifier.redaction import redact_address, redact_text
 from notifier.script_calls import ScriptCall, run_together
@@ -557,16 +558,49 @@ class StatusStore:
         return _event(event_id, fields, found)
 
     def _deliveries(self, ids: Sequence[str]) -> list[tuple[DeliveryStatus, str]]:
+        # Each record and its ledger entry, in one round trip: an email's `sent` is the
+        # ledger's marker, not a write of its own (docs/status.md, "Round trips").
         with self._redis.pipeline(transaction=False) as pipe:
             for delivery_id in ids:
                 pipe.hgetall(keys.status_delivery(delivery_id))
+                pipe.get(keys.ledger(delivery_id))
             replies = pipe.execute() if ids else []
         found = []
-        for delivery_id, stored in zip(ids, replies, strict=True):
+        for index, delivery_id in enumerate(ids):
+            stored, marker = replies[2 * index], replies[2 * index + 1]
             if stored:
                 fields = {_text(k): _text(v) for k, v in stored.items()}
-                found.append((_delivery(delivery_id, fields), fields.get("event_id", "")))
+                delivery = _with_marker(
+                    _delivery(delivery_id, fields), parse_sent(_text(marker) or None)
+                )
+                found.append((delivery, fields.get("event_id", "")))
         return found
+
+
+def _with_marker(delivery: DeliveryStatus, marker: SentMarker | None) -> DeliveryStatus:
+    """The record with the ledger's ``sent`` marker applied, as a ``sent`` write would have.
+
+    Only where the record is below ``sent`` (§10 ranks): a receipt's state stays.
+    """
+    if marker is None or _RANKS.get(delivery.state, 0) >= 2:
+        return delivery
+    entry = TimelineEntry(state="sent", at=marker.at, detail=f"accepted by {marker.provider}")
+    timeline = [*delivery.timeline, entry]
+    if len(timeline) > MAX_TIMELINE:
+        timeline = [timeline[0], *timeline[len(timeline) - MAX_TIMELINE + 1 :]]
+    return delivery.model_copy(
+        update={
+            "state": "sent",
+            "attempts": max(delivery.attempts, marker.attempt),
+            "provider": marker.provider,
+            "provider_id": marker.provider_id,
+            "updated_at": marker.at or delivery.updated_at,
+            "timeline": timeline,
+        }
+    )
+
+
+_RANKS = {"sent": 2, "delivered": 3, "undelivered": 3}
 
 
 def _json_list(text: str) -> list[str]:

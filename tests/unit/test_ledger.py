@@ -10,7 +10,7 @@ from fakeredis._socket import _base as fakeredis_base
 
 from notifier import keys
 from notifier.channels import Receipt
-from notifier.ledger import Claim, ClaimState, Ledger
+from notifier.ledger import Claim, ClaimState, Ledger, SentMarker, parse_sent
 
 DELIVERY = "6b470297-e06f-5aaf-bf23-694e1e4e0c63"
 OTHER_DELIVERY = "0d1a3c52-63bb-5f0e-8d3e-2f1c9d7b4a10"
@@ -202,3 +202,29 @@ def test_ledger_works_with_a_client_that_decodes_responses() -> None:
 
     assert ledger.claim(DELIVERY).state is ClaimState.SENT
     assert ledger.is_sent(DELIVERY)
+
+
+def test_the_first_record_of_a_send_says_so_and_a_repeat_does_not(ledger: Ledger) -> None:
+    ledger.claim(DELIVERY)
+
+    first = ledger.record_sent(DELIVERY, RECEIPT, at="2026-12-08T10:00:00.000Z", attempt=2)
+    again = ledger.record_sent(DELIVERY, RECEIPT, at="2026-12-08T10:00:01.000Z", attempt=3)
+
+    assert (first, again) == (True, False)
+
+
+def test_a_recorded_send_reads_back_with_its_time_and_attempt(ledger: Ledger) -> None:
+    ledger.record_sent(DELIVERY, RECEIPT, at="2026-12-08T10:00:00.000Z", attempt=2)
+
+    assert ledger.is_sent(DELIVERY)
+    assert ledger.sent([DELIVERY, "unknown"]) == [
+        SentMarker("primary", "<abc@example.com>", "2026-12-08T10:00:00.000Z", 2),
+        None,
+    ]
+
+
+def test_a_marker_from_before_the_time_was_recorded_still_reads_as_sent() -> None:
+    assert parse_sent("sent:primary:<abc@example.com>") == SentMarker(
+        "primary", "<abc@example.com>"
+    )
+    assert parse_sent("claim:0123") is None

@@ -326,6 +326,11 @@ class FullLedger(Ledger):
             "command not allowed when used memory > 'maxmemory'."
         )
 
+    def record_sent(self, delivery_id: str, receipt: Receipt, *, at: str, attempt: int) -> bool:
+        raise redis.exceptions.OutOfMemoryError(
+            "command not allowed when used memory > 'maxmemory'."
+        )
+
 
 def test_a_send_the_ledger_cannot_record_is_logged_as_sent_and_unrecorded(world: World) -> None:
     rt = dataclasses.replace(world.rt, ledger=FullLedger(world.rt.redis, ttl=60))

@@ -391,3 +391,9 @@ def test_a_public_url_that_is_not_an_http_url_is_rejected_by_name(url: str) -> N
     with pytest.raises(ConfigurationError, match="NOTIFIER_PUBLIC_URL") as caught:
         settings(notifier_public_url=url)
     assert url not in str(caught.value)
+
+
+def test_a_status_ttl_longer_than_the_ledgers_is_refused_naming_both() -> None:
+    # An email's sent state is read from its ledger marker (docs/status.md).
+    with pytest.raises(ConfigurationError, match=r"NOTIFIER_STATUS_TTL.*NOTIFIER_LEDGER_TTL"):
+        settings(notifier_status_ttl=700_000, notifier_ledger_ttl=604_800)

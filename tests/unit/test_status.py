@@ -578,3 +578,29 @@ def test_notifier_status_stays_the_function_after_the_store_module_is_imported()
     importlib.import_module("notifier.status_store")
 
     assert notifier.status is status
+
+
+def test_an_emails_sent_is_its_ledger_marker_and_costs_no_status_write() -> None:
+    w = _worker()
+    event = samples.user_registered()
+
+    handle_event(event, w.rt)
+
+    (email,) = w.event(event["event_id"])["deliveries"]
+    assert (email["state"], email["attempts"], email["provider"]) == ("sent", 1, "fake-smtp")
+    assert [entry["state"] for entry in email["timeline"]] == ["queued", "sent"]
+    record = w.rt.redis.hget(keys.status_delivery(email["delivery_id"]), "state")
+    assert record == b"queued"  # the record itself was written once, at acceptance
+
+
+def test_an_email_sent_after_a_retry_shows_both_and_the_attempt_that_went() -> None:
+    w = _worker()
+    w.smtp.failures.append(TransientError("421 try later"))
+    event = samples.user_registered()
+
+    handle_event(event, w.rt)
+    w.run_scheduled()
+
+    (email,) = w.event(event["event_id"])["deliveries"]
+    assert (email["state"], email["attempts"]) == ("sent", 2)
+    assert [entry["state"] for entry in email["timeline"]] == ["queued", "retrying", "sent"]
