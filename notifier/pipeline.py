@@ -155,16 +155,12 @@ def _final(
     if rt.on_final is ignore_final:
         return
     rt.on_final(
-        FinalState(
-            event_id=delivery.event_id,
-            delivery_id=delivery.delivery_id,
-            type=delivery.event_type,
-            channel=delivery.channel,
-            template=delivery.template,
-            state=state,
+        FinalState.of(
+            delivery,
+            state,
+            rt.status.now(),
             provider_id=provider_id,
             error=None if error is None else clean_detail(error),
-            at=rt.status.now(),
         )
     )
 

@@ -249,15 +249,7 @@ def _final(
     delivery: Delivery, state: str, receipt: TwilioReceipt, error: str | None, rt: Runtime
 ) -> None:
     rt.on_final(
-        FinalState(
-            event_id=delivery.event_id,
-            delivery_id=delivery.delivery_id,
-            type=delivery.event_type,
-            channel=delivery.channel,
-            template=delivery.template,
-            state=state,
-            provider_id=receipt.message_sid,
-            error=error,
-            at=rt.status.now(),
+        FinalState.of(
+            delivery, state, rt.status.now(), provider_id=receipt.message_sid, error=error
         )
     )

@@ -144,6 +144,29 @@ class FinalState:
     error: str | None
     at: str
 
+    @classmethod
+    def of(
+        cls,
+        delivery: Delivery,
+        state: str,
+        at: str,
+        *,
+        provider_id: str | None = None,
+        error: str | None = None,
+    ) -> FinalState:
+        """A delivery's final state, ``error`` as given (already fit to store)."""
+        return cls(
+            event_id=delivery.event_id,
+            delivery_id=delivery.delivery_id,
+            type=delivery.event_type,
+            channel=delivery.channel,
+            template=delivery.template,
+            state=state,
+            provider_id=provider_id,
+            error=error,
+            at=at,
+        )
+
 
 class FinalStateSink(Protocol):
     """Told once about each delivery (or rejected event) reaching a final state."""
