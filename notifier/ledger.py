@@ -162,13 +162,6 @@ class Ledger:
         before = self._redis.set(keys.ledger(delivery_id), value, ex=self.ttl, get=True)
         return parse_sent(None if before is None else reply_text(before)) is None
 
-    def sent(self, delivery_ids: Sequence[str]) -> list[SentMarker | None]:
-        """The ``sent`` marker of each delivery (one round trip), None where there is none."""
-        if not delivery_ids:
-            return []
-        values = self._redis.mget([keys.ledger(d) for d in delivery_ids])
-        return [parse_sent(None if v is None else reply_text(v)) for v in values]
-
     def release(
         self, delivery_id: str, claim: Claim, riders: Sequence[ScriptCall] = ()
     ) -> tuple[Any, ...]:
